@@ -1,0 +1,52 @@
+"""The outside systems llmops talks to, each an embedded default or a scale-out target chosen by settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from resources.lakehouse import LakehouseResource
+from resources.serving import ServingResource
+from resources.settings import SettingsResource, home_from_env
+from resources.spark import SparkResource
+from resources.tracking import TrackingResource
+from resources.versioning import LakeFSVersioning, LocalVersioning
+
+
+def build_resources(env: dict[str, str] | None = None) -> dict:
+    """All resources, configured from environment variables (see README, "Settings")."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("LLMOPS_HOME") or home_from_env()).resolve()
+    if env.get("LAKEFS_ENDPOINT"):
+        versioning = LakeFSVersioning(
+            endpoint=dg.EnvVar("LAKEFS_ENDPOINT"),
+            access_key_id=dg.EnvVar("LAKEFS_ACCESS_KEY_ID"),
+            secret_access_key=dg.EnvVar("LAKEFS_SECRET_ACCESS_KEY"),
+            repository=env.get("LAKEFS_REPOSITORY", "llmops"),
+            branch=env.get("LLMOPS_DATA_BRANCH", "main"),
+        )
+    else:
+        versioning = LocalVersioning(root=str(home / "lakehouse" / "_versions"),
+                                     branch=env.get("LLMOPS_DATA_BRANCH", "main"))
+    return {
+        "settings": SettingsResource(home=str(home), source=env.get("LLMOPS_SOURCE", ""),
+                                     cache_dir=env.get("LLMOPS_CACHE", "")),
+        "spark": SparkResource(master=env.get("SPARK_MASTER", "local[*]"),
+                               scratch_dir=str(home / "tmp" / "spark")),
+        "lakehouse": LakehouseResource(root=str(home / "lakehouse")),
+        "versioning": versioning,
+        "tracking": TrackingResource(
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            artifact_root=str(home / "mlruns"),
+        ),
+        "serving": ServingResource(
+            run_dir=str(home / "run"),
+            backend=env.get("LLMOPS_SERVING_BACKEND", "transformers"),
+            host=env.get("LLMOPS_HOST", "127.0.0.1"),
+            gateway_port=int(env.get("LLMOPS_GATEWAY_PORT", "8000")),
+            api_key=env.get("LLMOPS_API_KEY", ""),
+        ),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(home / "dagster" / "storage")),
+    }

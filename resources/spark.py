@@ -1,0 +1,44 @@
+"""Spark sessions from settings: local[*] on a laptop, a standalone cluster or Spark Connect at scale."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pyspark.sql import SparkSession
+
+# Delta needs microsecond UTC timestamps, not Spark's INT96 default.
+_BASE_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.extraJavaOptions": "-XX:-UsePerfData",
+    "spark.executor.extraJavaOptions": "-XX:-UsePerfData",
+}
+
+
+def build_session(master: str, conf: dict[str, str], scratch_dir: str) -> SparkSession:
+    """Get or create the session for `master` (`local[*]`, `spark://h:p` or `sc://h:p`)."""
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    if master.startswith("sc://"):
+        builder = SparkSession.builder.remote(master)
+    else:
+        builder = SparkSession.builder.master(master).config("spark.local.dir", scratch_dir)
+        os.environ.setdefault("PYSPARK_PYTHON", os.path.realpath(os.sys.executable))
+    for key, value in {**_BASE_CONF, **conf}.items():
+        builder = builder.config(key, value)
+    return builder.appName("llmops").getOrCreate()
+
+
+class SparkResource(dg.ConfigurableResource):
+    """A Spark session; `master` and `conf` are settings, so the same assets run on a cluster."""
+
+    master: str = "local[*]"
+    conf: dict[str, str] = {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "4g"}
+    scratch_dir: str = "/tmp/llmops-spark"
+
+    def session(self) -> SparkSession:
+        return build_session(self.master, self.conf, self.scratch_dir)

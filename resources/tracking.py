@@ -1,0 +1,50 @@
+"""Experiment tracking and the model registry on MLflow: a sqlite store under the home, or a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+from mlflow.tracking import MlflowClient
+
+
+class TrackingResource(dg.ConfigurableResource):
+    """MLflow. `tracking_uri` is `sqlite:////abs/mlflow.db` embedded, or `http://host:5000` for a server."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = "llmops"
+
+    def client(self) -> MlflowClient:
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return MlflowClient(self.tracking_uri, self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = Path(self.artifact_root).resolve().as_uri() if "://" not in self.artifact_root else self.artifact_root
+        return client.create_experiment(self.experiment, artifact_location=location)
+
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run and return its id; workers log into it by id."""
+        run = self.client().create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.tracking_uri}#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    def register_model(self, name: str, model_dir: str, run_id: str) -> str:
+        """Log `model_dir` as the run's `model` artifact and register it as a new version; returns it."""
+        client = self.client()
+        client.log_artifacts(run_id, model_dir, artifact_path="model")
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        return client.create_model_version(name, source, run_id=run_id).version

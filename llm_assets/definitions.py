@@ -1,0 +1,26 @@
+"""The single Definitions object: every lifecycle stage, its checks, jobs, schedules, sensors and resources."""
+
+import dagster as dg
+
+from jobs import all_jobs, all_schedules
+from llm_assets.data import assets as data_assets
+from llm_assets.data import checks as data_checks
+from llm_assets.deployment import assets as deployment_assets
+from llm_assets.evaluation import assets as evaluation_assets
+from llm_assets.monitoring import assets as monitoring_assets
+from llm_assets.tokens import assets as tokens_assets
+from llm_assets.training import assets as training_assets
+from resources import build_resources
+from sensors import all_sensors
+
+_STAGES = [data_assets, data_checks, tokens_assets, training_assets, evaluation_assets,
+           deployment_assets, monitoring_assets]
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules(_STAGES),
+    asset_checks=dg.load_asset_checks_from_modules(_STAGES),
+    jobs=all_jobs,
+    schedules=all_schedules,
+    sensors=all_sensors,
+    resources=build_resources(),
+)

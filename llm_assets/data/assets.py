@@ -1,0 +1,178 @@
+"""The data stage: raw text → cleaned → deduplicated → curated corpus, Spark into versioned Delta tables.
+
+Every step appends what it rejects to the one `quarantine` table (rule and reason per row), records
+its input table version in the Delta commit, and `curated_corpus` pins all of them in a data commit.
+"""
+
+import time
+
+import dagster as dg
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from llm_assets.artifacts import CommittedTable
+from llm_assets.data import cleaning, composition, dedup, ingest, pii
+from resources.lakehouse import LakehouseResource, TableVersion
+from resources.settings import SettingsResource
+from resources.spark import SparkResource
+from resources.versioning import VersioningResource
+
+QUARANTINE = "quarantine"
+
+
+class IngestConfig(dg.Config):
+    """Used by: raw_documents."""
+
+    max_files: int = ingest.MAX_FILES
+    """Cap on files read from the default source (the venv's package docs), in path order."""
+    max_bytes: int = ingest.MAX_BYTES
+    """Larger files are quarantined as `oversized` without reading their content."""
+
+
+class CleaningConfig(dg.Config):
+    """Used by: cleaned_corpus. Thresholds of the quality rules (llm_assets/data/cleaning.py)."""
+
+    min_words: int = cleaning.QualityRules.min_words
+    max_words: int = cleaning.QualityRules.max_words
+    max_symbol_ratio: float = cleaning.QualityRules.max_symbol_ratio
+    min_alpha_word_ratio: float = cleaning.QualityRules.min_alpha_word_ratio
+    max_mean_word_length: float = cleaning.QualityRules.max_mean_word_length
+    max_repeated_line_ratio: float = cleaning.QualityRules.max_repeated_line_ratio
+
+
+class DedupConfig(dg.Config):
+    """Used by: deduped_corpus. MinHash LSH settings (llm_assets/data/dedup.py)."""
+
+    ngram: int = dedup.MinHashParams.ngram
+    bands: int = dedup.MinHashParams.bands
+    rows: int = dedup.MinHashParams.rows
+    threshold: float = dedup.MinHashParams.threshold
+    seed: int = dedup.MinHashParams.seed
+    max_iterations: int = 50
+    """Rounds of label propagation allowed for the connected components."""
+
+
+# ---------------------------------------------------------------- table bookkeeping
+
+def _rules(rejected: DataFrame) -> dict[str, int]:
+    return {r["rule"]: r["count"] for r in rejected.groupBy("rule").count().orderBy("rule").collect()}
+
+
+def _write_step(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, result: ingest.StepResult,
+                table: str, message: str, source: TableVersion | None = None) -> tuple[TableVersion, dict[str, int]]:
+    """Append the rejects to quarantine, then commit the kept rows; the input version goes in the commit."""
+    start = time.monotonic()
+    info = {"run_id": context.run_id, "asset": table}
+    if source is not None:
+        info["input"] = f"{source.name}@{source.version}"
+    try:
+        rules = _rules(result.rejected)
+        if rules:
+            lakehouse.write(result.rejected, QUARANTINE, f"{table}: {message}", mode="append", **info)
+        if result.kept.isEmpty():
+            raise ValueError(f"{table}: no documents left ({sum(rules.values())} quarantined: {rules}); "
+                             f"see the `{QUARANTINE}` table under {lakehouse.root}")
+        written = lakehouse.write(result.kept, table, message, **info)
+    finally:
+        result.release()
+    context.log.info(f"{table}: {written.rows:,} rows at v{written.version}, {sum(rules.values()):,} quarantined "
+                     f"{rules} in {time.monotonic() - start:.1f} s")
+    return written, rules
+
+
+def _metadata(table: TableVersion, rules: dict[str, int], **extra) -> dict:
+    return {"rows": table.rows, "quarantined": sum(rules.values()),
+            "quarantined_by_rule": dg.MetadataValue.json(rules), "delta_version": table.version,
+            "uri": dg.MetadataValue.path(table.uri), **extra}
+
+
+def _pinned(lakehouse: LakehouseResource, name: str, version: int) -> TableVersion:
+    dt = DeltaTable(lakehouse.uri(name), version=version)
+    rows = dt.get_add_actions(flatten=True).column("num_records").to_pylist()
+    return TableVersion(name, lakehouse.uri(name), version, int(sum(r or 0 for r in rows)))
+
+
+def _lineage(lakehouse: LakehouseResource, table: TableVersion) -> list[TableVersion]:
+    """`table` and the versions it was made from, following the `input` recorded in each Delta commit."""
+    chain = [table]
+    while True:
+        current = chain[-1]
+        commit = next((h for h in DeltaTable(current.uri).history() if h.get("version") == current.version), {})
+        if not commit.get("input"):
+            return chain
+        name, _, version = commit["input"].rpartition("@")
+        chain.append(_pinned(lakehouse, name, int(version)))
+
+
+# ---------------------------------------------------------------- assets
+
+@dg.asset(group_name="data", kinds={"spark", "delta"})
+def raw_documents(context: dg.AssetExecutionContext, config: IngestConfig, settings: SettingsResource,
+                  spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
+    """Raw text documents from the configured source (default: the venv's own package docs)."""
+    label = ingest.source_label(settings.source)
+    context.log.info(f"raw_documents: reading {label}")
+    result = ingest.read_source(spark.session(), settings.source, config.max_bytes, config.max_files)
+    table, rules = _write_step(context, lakehouse, result, "raw_documents", f"ingest {label}")
+    n_bytes = lakehouse.read(spark.session(), table).agg(F.sum("n_bytes")).first()[0]
+    return dg.Output(table, metadata=_metadata(table, rules, source=label, bytes=int(n_bytes or 0)))
+
+
+@dg.asset(group_name="data", kinds={"spark", "delta"})
+def cleaned_corpus(context: dg.AssetExecutionContext, config: CleaningConfig, raw_documents: TableVersion,
+                   spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
+    """Documents with text repaired (ftfy), markup stripped, NFC, whitespace normalized; quality rules applied."""
+    rules = cleaning.QualityRules(**config.model_dump())
+    result = cleaning.clean_documents(lakehouse.read(spark.session(), raw_documents), rules)
+    table, rejected = _write_step(context, lakehouse, result, "cleaned_corpus",
+                                  f"clean raw_documents@{raw_documents.version}", source=raw_documents)
+    return dg.Output(table, metadata=_metadata(table, rejected, rows_in=raw_documents.rows,
+                                               thresholds=dg.MetadataValue.json(config.model_dump())))
+
+
+@dg.asset(group_name="data", kinds={"spark", "delta"})
+def deduped_corpus(context: dg.AssetExecutionContext, config: DedupConfig, cleaned_corpus: TableVersion,
+                   spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
+    """The cleaned corpus with exact and near-duplicates (MinHash LSH, connected components) removed."""
+    params = dedup.MinHashParams(**config.model_dump(exclude={"max_iterations"}))
+    result = dedup.deduplicate(lakehouse.read(spark.session(), cleaned_corpus), params, config.max_iterations)
+    table, rejected = _write_step(context, lakehouse, result, "deduped_corpus",
+                                  f"dedup cleaned_corpus@{cleaned_corpus.version}", source=cleaned_corpus)
+    context.log.info(f"deduped_corpus: {result.clusters} near-duplicate clusters "
+                     f"({result.iterations} label propagation rounds)")
+    return dg.Output(table, metadata=_metadata(
+        table, rejected, rows_in=cleaned_corpus.rows, exact_removed=rejected.get("exact_duplicate", 0),
+        near_removed=rejected.get("near_duplicate", 0), clusters=result.clusters,
+        minhash=dg.MetadataValue.json({**config.model_dump(), "num_perm": params.num_perm})))
+
+
+@dg.asset(group_name="data", kinds={"spark", "delta"})
+def curated_corpus(context: dg.AssetExecutionContext, deduped_corpus: TableVersion, spark: SparkResource,
+                   lakehouse: LakehouseResource, versioning: VersioningResource) -> dg.Output[CommittedTable]:
+    """The training corpus: PII scrubbed, language labelled, committed as a data version with its lineage."""
+    session = spark.session()
+    curated = composition.curate_documents(lakehouse.read(session, deduped_corpus))
+    table = lakehouse.write(curated, "curated_corpus", f"curate deduped_corpus@{deduped_corpus.version}",
+                            run_id=context.run_id, asset="curated_corpus",
+                            input=f"{deduped_corpus.name}@{deduped_corpus.version}")
+    written = lakehouse.read(session, table)  # what was committed, not a recomputation
+    totals, summary = pii.pii_totals(written), composition.summarize(written)
+    tables = _lineage(lakehouse, table)[::-1]
+    if (quarantine := lakehouse.latest(QUARANTINE)) is not None:
+        tables.append(quarantine)
+    commit_id = versioning.commit(tables, f"curated corpus from {deduped_corpus.name}@{deduped_corpus.version}",
+                                  {"run_id": context.run_id})
+    context.log.info(f"curated_corpus: {table.rows:,} documents, PII replaced {totals}, data commit {commit_id} "
+                     f"pins {[f'{t.name}@{t.version}' for t in tables]}")
+    return dg.Output(CommittedTable(table=table, commit_id=commit_id), metadata={
+        "rows": table.rows, "delta_version": table.version, "uri": dg.MetadataValue.path(table.uri),
+        "data_commit": commit_id, "pinned": dg.MetadataValue.json({t.name: t.version for t in tables}),
+        **{f"pii_{k}": v for k, v in totals.items()},
+        "languages": dg.MetadataValue.json(summary["by_language"]),
+        "composition": dg.MetadataValue.md(composition.composition_markdown(summary)),
+        "chars": summary["chars"],
+    })
+
+
+data_assets = [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus]

@@ -1,0 +1,83 @@
+"""End to end: the four data assets and their Great Expectations check on real Spark and Delta."""
+
+import dagster as dg
+import pandas as pd
+from deltalake import DeltaTable
+
+from llm_assets.data.assets import cleaned_corpus, curated_corpus, deduped_corpus, raw_documents
+from llm_assets.data.checks import curated_corpus_expectations
+from llm_assets.data.pii import EMAIL
+from resources.settings import SettingsResource
+from tests.corpus import write_corpus
+
+TABLES = ["raw_documents", "cleaned_corpus", "deduped_corpus", "curated_corpus", "quarantine"]
+
+
+def _materialize(resources):
+    return dg.materialize(
+        [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, curated_corpus_expectations],
+        resources=resources,
+        run_config={"ops": {"raw_documents": {"config": {"max_bytes": 20_000}}}},
+    )
+
+
+def _meta(result, asset: str) -> dict:
+    (mat,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def _read(home, table: str, version: int | None = None) -> pd.DataFrame:
+    df = DeltaTable(str(home / "lakehouse" / table), version=version).to_pandas()
+    return df.sort_values(list(df.columns[:2])).reset_index(drop=True)
+
+
+def test_data_stage_materializes_versions_and_commits(llmops_resources, home, tmp_path):
+    source = write_corpus(tmp_path / "source", docs=12)
+    (source / "server.md").write_text("# Servers\n\n" + "The staging server at 10.1.2.3 serves the "
+                                      "documentation site for the whole team every day. " * 4)
+    (source / "huge.txt").write_text("A very long line of text. " * 1000)
+    resources = {**llmops_resources, "settings": SettingsResource(home=str(home), source=str(source))}
+
+    first = _materialize(resources)
+    assert first.success
+    tables = {t: _read(home, t) for t in TABLES}
+
+    raw, curated, quarantine = tables["raw_documents"], tables["curated_corpus"], tables["quarantine"]
+    assert len(raw) == 14  # 12 docs, the copy, server.md
+    assert {"doc_id", "source", "text", "n_chars", "language"} <= set(curated.columns)
+    assert curated["doc_id"].is_unique and not curated["text"].str.contains(EMAIL).any()
+    server = curated["source"].str.endswith("server.md")
+    assert curated.loc[~server, "text"].str.contains("<EMAIL>").all()
+    assert curated.loc[server, "text"].str.contains("<IP_ADDRESS>").all()
+    assert set(curated["language"]) == {"en"}
+    rules = quarantine.groupby(["step", "rule"]).size().to_dict()
+    assert rules == {("raw_documents", "binary"): 1, ("raw_documents", "empty"): 1,
+                     ("raw_documents", "invalid_utf8"): 1, ("raw_documents", "oversized"): 1,
+                     ("deduped_corpus", "exact_duplicate"): 1, ("deduped_corpus", "near_duplicate"): 4}
+    assert len(tables["deduped_corpus"]) == len(curated) == 14 - 5
+
+    meta = _meta(first, "curated_corpus")
+    # write_corpus repeats each document three times, its e-mail and phone number with it
+    assert meta["rows"] == len(curated) and meta["pii_email"] == meta["pii_phone"] == 3 * (len(curated) - 1)
+    assert meta["pii_ip_address"] == 4
+    assert "| md |" in meta["composition"]
+    commit = llmops_resources["versioning"].get_commit(meta["data_commit"])
+    assert {name: t["delta_version"] for name, t in commit["tables"].items()} == {t: 0 for t in TABLES[:4]} | {
+        "quarantine": 1}  # raw_documents and deduped_corpus each appended to quarantine
+    dedup_meta = _meta(first, "deduped_corpus")
+    assert (dedup_meta["exact_removed"], dedup_meta["near_removed"], dedup_meta["clusters"]) == (1, 4, 4)
+    (check,) = first.get_asset_check_evaluations()
+    assert check.passed and check.metadata["rows"].value == len(curated)
+
+    second = _materialize(resources)
+    assert second.success
+    meta2 = _meta(second, "curated_corpus")
+    assert meta2["data_commit"] != meta["data_commit"]
+    commit2 = llmops_resources["versioning"].get_commit(meta2["data_commit"])
+    assert commit2["parent"] == meta["data_commit"]
+    assert commit2["tables"]["curated_corpus"]["delta_version"] == 1
+    assert commit2["tables"]["quarantine"]["delta_version"] == 3
+    for table in TABLES[:4]:
+        assert DeltaTable(str(home / "lakehouse" / table)).version() == 1
+        pd.testing.assert_frame_equal(_read(home, table, version=0), tables[table])
+    assert len(_read(home, "quarantine")) == 2 * len(quarantine)  # appended, not replaced

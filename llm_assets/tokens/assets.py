@@ -1,0 +1,109 @@
+"""Tokens stage: a byte-level BPE tokenizer trained on the curated corpus, and packed token shards."""
+
+import dagster as dg
+
+from llm_assets.artifacts import CommittedTable, ShardSet, TokenizerArtifact
+from llm_assets.tokens import shards, tokenizer as bpe
+from resources.lakehouse import LakehouseResource
+from resources.settings import SettingsResource
+from resources.spark import SparkResource
+
+
+class TokenizerConfig(dg.Config):
+    """Used by: tokenizer."""
+
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    special_tokens: list[str] = [bpe.EOS_TOKEN, bpe.PAD_TOKEN]
+    """The first is EOS (also BOS); the second is PAD."""
+    chat_tokens: list[str] = list(bpe.CHAT_TOKENS)
+    """Tokens the ChatML chat template uses."""
+    max_documents: int = 50_000
+    """Sample cap: the first N documents by doc_id train the tokenizer."""
+    max_chars_per_document: int = 200_000
+    model_max_length: int = 2048
+
+
+class ShardConfig(dg.Config):
+    """Used by: token_shards."""
+
+    seq_len: int = 128
+    sequences_per_shard: int = 1024
+    validation_fraction: float = 0.05
+    seed: int = 0
+    """Salts the doc_id hash that picks the split."""
+
+
+@dg.asset(group_name="tokens", kinds={"spark", "huggingface"})
+def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curated_corpus: CommittedTable,
+              settings: SettingsResource, spark: SparkResource,
+              lakehouse: LakehouseResource) -> dg.Output[TokenizerArtifact]:
+    """Byte-level BPE tokenizer trained on the curated corpus, with a chat template."""
+    if len(config.special_tokens) < 2:
+        raise ValueError("TokenizerConfig.special_tokens needs at least EOS and PAD, e.g. ['<|endoftext|>', '<|pad|>']")
+    docs = lakehouse.read(spark.session(), curated_corpus.table)
+    sample = docs.select("doc_id", "text").orderBy("doc_id").limit(config.max_documents)
+    counted = {"docs": 0, "chars": 0}
+
+    def texts():
+        for row in sample.toLocalIterator():
+            text = (row.text or "")[: config.max_chars_per_document]
+            counted["docs"] += 1
+            counted["chars"] += len(text)
+            yield text
+
+    tok = bpe.train_bpe(texts(), vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+                        special_tokens=[*config.special_tokens, *config.chat_tokens])
+    path, sha = bpe.save_hf_tokenizer(tok, settings.dir("tokenizers"), eos_token=config.special_tokens[0],
+                                      pad_token=config.special_tokens[1],
+                                      model_max_length=config.model_max_length)
+    context.log.info(f"trained BPE on {counted['docs']} documents ({counted['chars']} chars): "
+                     f"vocab {tok.get_vocab_size()} -> {path}")
+    artifact = TokenizerArtifact(path=str(path), sha256=sha, vocab_size=tok.get_vocab_size())
+    return dg.Output(artifact, metadata={
+        "path": dg.MetadataValue.path(str(path)),
+        "sha256": sha,
+        "vocab_size": artifact.vocab_size,
+        "training_documents": counted["docs"],
+        "training_chars": counted["chars"],
+        "data_commit": curated_corpus.commit_id,
+        "special_tokens": ", ".join([*config.special_tokens, *config.chat_tokens]),
+    })
+
+
+@dg.asset(group_name="tokens", kinds={"spark", "numpy"})
+def token_shards(context: dg.AssetExecutionContext, config: ShardConfig, curated_corpus: CommittedTable,
+                 tokenizer: TokenizerArtifact, settings: SettingsResource, spark: SparkResource,
+                 lakehouse: LakehouseResource) -> dg.Output[ShardSet]:
+    """The corpus tokenized, packed into fixed-length sequences and written as checksummed shards."""
+    docs = lakehouse.read(spark.session(), curated_corpus.table)
+    out_dir = settings.dir("shards") / f"{curated_corpus.commit_id}-{tokenizer.sha256[:8]}"
+    result = shards.build_shards(
+        docs, tokenizer.path, out_dir, data_commit=curated_corpus.commit_id, seq_len=config.seq_len,
+        sequences_per_shard=config.sequences_per_shard, validation_fraction=config.validation_fraction,
+        seed=config.seed,
+    )
+    m = result.manifest
+    tokens = {s: sum(e["tokens"] for e in m["splits"][s]) for s in shards.SPLITS}
+    if tokens["train"] == 0:
+        raise ValueError(f"curated_corpus {curated_corpus.table.name}@{curated_corpus.table.version} gives no "
+                         f"complete train sequence of seq_len={config.seq_len}: lower seq_len or add data")
+    context.log.info(f"packed {m['documents']} documents into {tokens} tokens -> {result.path}")
+    table = "| split | documents | shards | sequences | tokens |\n|---|---|---|---|---|\n" + "".join(
+        f"| {s} | {m['documents'][s]} | {len(m['splits'][s])} | {sum(e['sequences'] for e in m['splits'][s])} "
+        f"| {tokens[s]} |\n" for s in shards.SPLITS)
+    artifact = ShardSet(path=str(result.path), manifest_sha256=result.manifest_sha256,
+                        data_commit=curated_corpus.commit_id, seq_len=config.seq_len)
+    return dg.Output(artifact, metadata={
+        "manifest": dg.MetadataValue.path(str(result.path / shards.MANIFEST)),
+        "manifest_sha256": result.manifest_sha256,
+        "train_tokens": tokens["train"],
+        "validation_tokens": tokens["validation"],
+        "train_shards": len(m["splits"]["train"]),
+        "validation_shards": len(m["splits"]["validation"]),
+        "dtype": m["dtype"],
+        "seq_len": config.seq_len,
+        "data_commit": curated_corpus.commit_id,
+        "tokenizer_sha256": tokenizer.sha256,
+        "splits": dg.MetadataValue.md(table),
+    })

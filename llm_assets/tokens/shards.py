@@ -1,0 +1,250 @@
+"""Packed, checksummed token shards: Spark tokenizes, the driver packs and writes.
+
+Layout of a shard directory:
+
+    manifest.json          {seq_len, dtype, vocab_size, tokenizer_sha256, data_commit, seed, ...,
+                            splits: {train: [{file, sequences, tokens, sha256}], validation: [...]}}
+    train-00000.bin        little-endian uint16 (vocab < 65536) or uint32, `sequences_per_shard` × seq_len
+    validation-00000.bin
+
+Documents are sorted by doc_id, each followed by EOS, concatenated and cut into `seq_len` windows;
+the tail that does not fill a window is dropped. The split of a document is a stable hash of
+(seed, doc_id), so it never depends on partitioning and a document stays in its split as the corpus
+grows. Same data and tokenizer give byte-identical shards and manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # the training worker reads shards without importing Spark
+    from pyspark.sql import DataFrame
+
+SPLITS = ("train", "validation")
+MANIFEST = "manifest.json"
+_TOKENIZED_SCHEMA = "doc_id string, split string, text_sha string, ids array<int>"
+
+
+def assign_split(doc_id: str, validation_fraction: float, seed: int = 0) -> str:
+    """"validation" for a stable `validation_fraction` of doc ids, else "train"."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()[:8], "big")
+    return "validation" if h / 2**64 < validation_fraction else "train"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size < 2**16 else np.dtype("<u4")
+
+
+def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int,
+                       validation_fraction: float, seed: int = 0) -> DataFrame:
+    """doc_id, split, text_sha, ids (token ids + EOS), tokenized on the executors with `encode_batch`.
+
+    `tokenizer_json` (the file's text) travels in the function's closure, so each Python worker
+    builds the tokenizer once per partition; this works the same on Spark Connect, where
+    SparkContext.broadcast does not exist.
+    """
+
+    def encode(batches: Iterator) -> Iterator:
+        # Self-contained (imports inside, no module-level helpers) so executors need no llmops install.
+        import hashlib as _h
+
+        import numpy as _np
+        import pandas as pd
+        from tokenizers import Tokenizer
+
+        def split_of(doc_id: str) -> str:  # same rule as assign_split
+            h = int.from_bytes(_h.sha256(f"{seed}:{doc_id}".encode()).digest()[:8], "big")
+            return "validation" if h / 2**64 < validation_fraction else "train"
+
+        tok = Tokenizer.from_str(tokenizer_json)
+        for pdf in batches:
+            texts = pdf["text"].fillna("").tolist()
+            encoded = tok.encode_batch(texts, add_special_tokens=False)
+            yield pd.DataFrame({
+                "doc_id": pdf["doc_id"],
+                "split": [split_of(d) for d in pdf["doc_id"]],
+                "text_sha": [_h.sha256(t.encode()).hexdigest() for t in texts],
+                "ids": [_np.asarray(e.ids + [eos_id], dtype=_np.int32) for e in encoded],
+            })
+
+    return docs.select("doc_id", "text").mapInPandas(encode, _TOKENIZED_SCHEMA)
+
+
+class _SplitWriter:
+    """Cuts one split's token stream into seq_len windows and writes fixed-size shards."""
+
+    def __init__(self, out_dir: Path, split: str, seq_len: int, sequences_per_shard: int, dtype: np.dtype):
+        self.out_dir, self.split, self.seq_len, self.dtype = out_dir, split, seq_len, dtype
+        self.shard_tokens = seq_len * sequences_per_shard
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
+        self.shards: list[dict] = []
+        self.documents = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self.buffer.append(ids)
+        self.buffered += len(ids)
+        self.documents += 1
+        while self.buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        flat = np.concatenate(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
+        head, rest = flat[:n], flat[n:]
+        self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        data = head.astype(self.dtype).tobytes()
+        (self.out_dir / name).write_bytes(data)
+        self.shards.append({"file": name, "sequences": n // self.seq_len, "tokens": n,
+                            "sha256": hashlib.sha256(data).hexdigest()})
+
+    def close(self) -> int:
+        """Write the last, shorter shard; returns the dropped tail (tokens short of one window)."""
+        full = self.buffered - self.buffered % self.seq_len
+        dropped = self.buffered - full
+        if full:
+            self._flush(full)
+        self.buffer, self.buffered = [], 0
+        return dropped
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    path: Path
+    manifest: dict
+    manifest_sha256: str
+
+
+def pack_shards(tokenized: Iterable[tuple[str, np.ndarray]], out_dir: str | Path, *, seq_len: int,
+                sequences_per_shard: int, vocab_size: int, header: dict) -> ShardResult:
+    """Pack (split, ids) documents, already in their final order, into shards plus manifest.json.
+
+    Writes into a fresh directory next to `out_dir` and renames it into place, so readers never see
+    a half-written shard set.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    if sequences_per_shard < 1:
+        raise ValueError(f"sequences_per_shard must be positive, got {sequences_per_shard}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        dtype = token_dtype(vocab_size)
+        writers = {s: _SplitWriter(tmp, s, seq_len, sequences_per_shard, dtype) for s in SPLITS}
+        for split, ids in tokenized:
+            if len(ids) and int(np.max(ids)) >= vocab_size:
+                raise ValueError(f"token id {int(np.max(ids))} is outside vocab_size={vocab_size}")
+            writers[split].add(ids)
+        dropped = {s: w.close() for s, w in writers.items()}
+        manifest = {
+            **header,
+            "format": "llmops-token-shards/1",
+            "seq_len": seq_len,
+            "dtype": dtype.name,
+            "byte_order": "little",
+            "vocab_size": vocab_size,
+            "sequences_per_shard": sequences_per_shard,
+            "documents": {s: w.documents for s, w in writers.items()},
+            "dropped_tokens": dropped,
+            "splits": {s: w.shards for s, w in writers.items()},
+        }
+        body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        (tmp / MANIFEST).write_bytes(body)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ShardResult(out_dir, manifest, hashlib.sha256(body).hexdigest())
+
+
+def build_shards(docs: DataFrame, tokenizer_dir: str | Path, out_dir: str | Path, *, data_commit: str,
+                 seq_len: int = 128, sequences_per_shard: int = 1024, validation_fraction: float = 0.05,
+                 seed: int = 0, eos_token: str = "<|endoftext|>") -> ShardResult:
+    """Tokenize `docs` (doc_id, text) with Spark and write packed shards for train and validation."""
+    from tokenizers import Tokenizer
+
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    tok_path = Path(tokenizer_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"tokenizer file {tok_path} does not exist")
+    tokenizer_json = tok_path.read_text()
+    tok = Tokenizer.from_str(tokenizer_json)
+    eos_id = tok.token_to_id(eos_token)
+    if eos_id is None:
+        raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer {tok_path}")
+    tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed).persist()
+    try:
+        # text_sha breaks doc_id ties, so even a duplicated doc_id cannot make the order depend on partitions
+        ordered = tokenized.orderBy("split", "doc_id", "text_sha").select("split", "ids")
+        stream = ((row.split, np.asarray(row.ids, dtype=np.int64)) for row in ordered.toLocalIterator())
+        header = {"tokenizer_sha256": file_sha256(tok_path),
+                  "data_commit": data_commit, "seed": seed, "validation_fraction": validation_fraction,
+                  "eos_token_id": eos_id}
+        return pack_shards(stream, out_dir, seq_len=seq_len, sequences_per_shard=sequences_per_shard,
+                           vocab_size=tok.get_vocab_size(), header=header)
+    finally:
+        tokenized.unpersist()
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"no {MANIFEST} in shard directory {shard_dir}")
+    return json.loads(path.read_text())
+
+
+def open_split(shard_dir: str | Path, split: str, verify: bool = True) -> list[np.ndarray]:
+    """Memory-mapped [sequences, seq_len] arrays, one per shard, checked against the manifest.
+
+    Raises ValueError naming the file when its size or sha256 differs from the manifest.
+    """
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} is not in {shard_dir / MANIFEST}; it has {sorted(manifest['splits'])}")
+    seq_len, dtype = manifest["seq_len"], np.dtype(manifest["dtype"]).newbyteorder("<")
+    arrays = []
+    for entry in manifest["splits"][split]:
+        path = shard_dir / entry["file"]
+        if not path.exists():
+            raise ValueError(f"shard {path} listed in the manifest is missing")
+        if verify:
+            actual = file_sha256(path)
+            if actual != entry["sha256"]:
+                raise ValueError(f"shard {path} is corrupt: sha256 {actual} != manifest {entry['sha256']}")
+        expected = entry["sequences"] * seq_len * dtype.itemsize
+        if path.stat().st_size != expected:
+            raise ValueError(f"shard {path} has {path.stat().st_size} bytes, manifest says {expected}")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=(entry["sequences"], seq_len)))
+    return arrays
+
+
+def read_split(shard_dir: str, split: str) -> np.ndarray:
+    """All sequences of one split as an in-memory [n_sequences, seq_len] array, sha256-verified."""
+    arrays = open_split(shard_dir, split, verify=True)
+    seq_len = read_manifest(shard_dir)["seq_len"]
+    if not arrays:
+        return np.zeros((0, seq_len), dtype=np.dtype(read_manifest(shard_dir)["dtype"]))
+    return np.concatenate([np.asarray(a) for a in arrays])

@@ -1,0 +1,211 @@
+"""Training stage: the model catalog, the chosen base model, a DeepSpeed run, and the exported model."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from llm_assets.artifacts import BaseModelChoice, ExportedModel, ShardSet, TokenizerArtifact, TrainedCheckpoint
+from llm_assets.training import catalog, export, launcher, tracking_utils
+from resources.settings import SettingsResource
+from resources.tracking import TrackingResource
+
+
+class CatalogConfig(dg.Config):
+    """Used by: model_catalog."""
+
+    train_tokens: int = 400_000
+    """Tokens the cost estimate (6·N·tokens FLOPs) assumes for every candidate (the default run: ~410k)."""
+
+
+class BaseModelConfig(dg.Config):
+    """Used by: base_model. The largest candidate within license, size and budget, unless named."""
+
+    name: str = ""
+    """Pick this catalog entry (size and budget are then not enforced; the license is)."""
+    local_path: str = ""
+    """A Hugging Face model directory on disk to fine-tune instead of a catalog entry."""
+    license_allow: list[str] = ["mit", "apache-2.0"]
+    max_parameters: int = 5_000_000
+    max_cpu_hours: float = 0.025
+
+
+class TrainingConfig(dg.Config):
+    """Used by: trained_checkpoint. Defaults train tiny-gpt2 in about a minute on 2 cores."""
+
+    nproc: int = 2
+    zero_stage: int = 2
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    max_steps: int = 200
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = True
+    """Continue from the newest checkpoint of an identical run (same model, shards and config)."""
+
+
+class ExportConfig(dg.Config):
+    """Used by: exported_model."""
+
+    registered_name: str = "llmops-demo"
+    prompt: str = "The"
+    max_new_tokens: int = 8
+
+
+@dg.asset(group_name="training", kinds={"yaml"})
+def model_catalog(context: dg.AssetExecutionContext, config: CatalogConfig) -> dg.Output[list[dict]]:
+    """Base-model candidates with parameter counts, training cost and serving memory."""
+    candidates = catalog.build_catalog(config.train_tokens)
+    context.log.info(f"{len(candidates)} candidates from {catalog.CATALOG_PATH}")
+    return dg.Output(candidates, metadata={
+        "candidates": len(candidates),
+        "catalog": dg.MetadataValue.md(catalog.catalog_markdown(candidates)),
+        "train_tokens_assumed": config.train_tokens,
+    })
+
+
+@dg.asset(group_name="training")
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
+               model_catalog: list[dict]) -> dg.Output[BaseModelChoice]:
+    """The model to train: a catalog candidate picked by license, size and budget, or a local directory."""
+    if config.local_path:
+        spec = catalog.local_model_spec(config.local_path)
+        reasons = [f"{spec['name']}: local_path {spec['local_path']} given; catalog rule not applied "
+                   "(license not checked for local directories)"]
+    else:
+        spec, reasons = catalog.select_base_model(
+            model_catalog, name=config.name, license_allow=config.license_allow,
+            max_parameters=config.max_parameters, max_cpu_hours=config.max_cpu_hours)
+    for r in reasons:
+        context.log.info(r)
+    return dg.Output(BaseModelChoice(name=spec["name"], spec=spec, reasons=reasons), metadata={
+        "name": spec["name"],
+        "parameters": spec.get("parameters") or 0,
+        "license": spec.get("license", "unknown"),
+        "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons)),
+    })
+
+
+def _run_name(base: BaseModelChoice, shards: ShardSet, config: TrainingConfig) -> str:
+    """Stable for the same model, shards and config, so a relaunch finds its checkpoints."""
+    knobs = config.model_dump(exclude={"resume"})
+    digest = hashlib.sha256(json.dumps([base.spec.get("config"), base.spec.get("local_path"), knobs],
+                                       sort_keys=True, default=str).encode()).hexdigest()
+    return f"{base.name}-{shards.manifest_sha256[:8]}-{digest[:8]}"
+
+
+def _train(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig, ckpt_dir: Path,
+           settings: SettingsResource, tracking: TrackingResource, client) -> dict:
+    """Launch torchrun on run.json, stream its log, and close the MLflow run as FINISHED or FAILED."""
+    config_path = run_cfg.write(ckpt_dir / "run.json")
+    env = launcher.training_env(
+        torch_extensions_dir=settings.cache("torch_extensions"), tmp_dir=settings.dir("tmp", "training"),
+        cache_dir=settings.cache("xdg"), tracking_uri=tracking.tracking_uri)
+    cmd = launcher.torchrun_command(config_path, run_cfg.nproc)
+    context.log.info(f"launching {' '.join(cmd)}")
+    try:
+        launcher.run(cmd, env, on_line=context.log.info)
+    except BaseException:
+        client.set_terminated(run_cfg.mlflow_run_id, "FAILED")
+        raise
+    result = json.loads((ckpt_dir / "result.json").read_text())
+    if result["final_loss"] is not None:
+        client.log_metric(run_cfg.mlflow_run_id, "final_loss", result["final_loss"], step=result["steps"])
+    client.set_terminated(run_cfg.mlflow_run_id, "FINISHED")
+    return result
+
+
+@dg.asset(group_name="training", kinds={"deepspeed", "pytorch", "mlflow"})
+def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, token_shards: ShardSet,
+                       base_model: BaseModelChoice, tokenizer: TokenizerArtifact,
+                       settings: SettingsResource, tracking: TrackingResource) -> dg.Output[TrainedCheckpoint]:
+    """The base model trained on the token shards with DeepSpeed ZeRO under torchrun (resumable)."""
+    run_name = _run_name(base_model, token_shards, config)
+    ckpt_dir = settings.path("checkpoints", run_name)
+    if not config.resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    model = {k: base_model.spec[k] for k in ("name", "model_type", "config", "local_path") if k in base_model.spec}
+    run_cfg = launcher.RunConfig(
+        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=token_shards.path,
+        tokenizer_dir=tokenizer.path, model=model, mlflow_tracking_uri=tracking.tracking_uri,
+        **config.model_dump(exclude={"resume"}))
+    launcher.validate(run_cfg)  # bad settings and corrupt shards fail here, before torchrun starts
+
+    client = tracking.client()
+    git = tracking_utils.git_state(launcher.REPO_ROOT)
+    finished = tracking_utils.finished_run(client, ckpt_dir, config.max_steps) if config.resume else None
+    if finished is not None:
+        run_id, result = finished
+        context.log.info(f"{run_name} already trained to step {result['steps']} (MLflow run {run_id}); "
+                         "reusing it (set resume=False to train again)")
+    else:
+        tags = {"git_commit": git["commit"], "git_dirty": git["dirty"], "mlflow.source.git.commit": git["commit"],
+                "data_commit": token_shards.data_commit, "shards_manifest_sha256": token_shards.manifest_sha256,
+                "tokenizer_sha256": tokenizer.sha256, "dagster_run_id": context.run_id,
+                "base_model": base_model.name}
+        run_id = tracking_utils.start_or_resume_run(tracking, client, ckpt_dir, run_name, tags, context.log.info)
+        run_cfg.mlflow_run_id = run_id
+        tracking_utils.log_params(client, run_id, run_cfg.params())
+        result = _train(context, run_cfg, ckpt_dir, settings, tracking, client)
+
+    plot = tracking_utils.loss_plot(client, run_id, settings.path("reports", f"{run_name}-loss.png"))
+    metadata = {
+        "final_loss": result["final_loss"] if result["final_loss"] is not None else float("nan"),
+        "steps": result["steps"],
+        "tokens_seen": result["tokens_seen"],
+        "tokens_per_s": result["tokens_per_s"] or 0.0,
+        "parameters": result["parameters"],
+        "mlflow_run_id": run_id,
+        "mlflow_run": dg.MetadataValue.url(tracking.run_url(run_id)),
+        "checkpoint_dir": dg.MetadataValue.path(str(ckpt_dir)),
+        "git_commit": client.get_run(run_id).data.tags.get("git_commit", git["commit"]),
+        "data_commit": token_shards.data_commit,
+    }
+    if plot is not None:
+        client.log_artifact(run_id, str(plot))
+        metadata["loss_plot"] = dg.MetadataValue.path(str(plot))
+    checkpoint = TrainedCheckpoint(checkpoint_dir=str(ckpt_dir), model_dir=result["model_dir"], mlflow_run_id=run_id,
+                                   data_commit=token_shards.data_commit, steps=result["steps"],
+                                   final_loss=result["final_loss"])
+    return dg.Output(checkpoint, metadata=metadata)
+
+
+@dg.asset(group_name="training", kinds={"huggingface", "mlflow"})
+def exported_model(context: dg.AssetExecutionContext, config: ExportConfig, trained_checkpoint: TrainedCheckpoint,
+                   settings: SettingsResource, tracking: TrackingResource) -> dg.Output[ExportedModel]:
+    """The trained model as a Hugging Face directory, verified to load and generate, registered in MLflow."""
+    store = settings.dir("models", config.registered_name)
+    staging = export.copy_model(trained_checkpoint.model_dir, store / f".staging-{trained_checkpoint.mlflow_run_id}")
+    try:
+        sample = export.smoke_test(staging, config.prompt, config.max_new_tokens)
+        version = tracking.register_model(config.registered_name, str(staging), trained_checkpoint.mlflow_run_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = store / f"v{version}"
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    context.log.info(f"registered {config.registered_name} v{version} at {final}: "
+                     f"{sample['prompt']!r} -> {sample['completion']!r}")
+    model = ExportedModel(path=str(final), registered_name=config.registered_name, version=str(version),
+                          mlflow_run_id=trained_checkpoint.mlflow_run_id, data_commit=trained_checkpoint.data_commit)
+    return dg.Output(model, metadata={
+        "path": dg.MetadataValue.path(str(final)),
+        "registered_name": config.registered_name,
+        "version": str(version),
+        "sample": dg.MetadataValue.md(f"**{sample['prompt']}**{sample['completion']}"),
+        "parameters": sample["parameters"],
+        "size_mb": round(sum(f.stat().st_size for f in final.rglob("*") if f.is_file()) / 1e6, 3),
+        "mlflow_run_id": trained_checkpoint.mlflow_run_id,
+        "data_commit": trained_checkpoint.data_commit,
+    })

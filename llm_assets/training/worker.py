@@ -1,0 +1,296 @@
+"""DeepSpeed training worker: one process per rank, started by torchrun.
+
+    torchrun --standalone --nproc_per_node 2 -m llm_assets.training.worker --config run.json
+
+CPU-sized run (2 processes, tiny GPT-2, ~1 minute on 2 cores):
+
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TORCH_EXTENSIONS_DIR=.llmops/cache/torch_extensions \\
+        torchrun --standalone --nproc_per_node 2 -m llm_assets.training.worker \\
+        --config .llmops/checkpoints/<run_name>/run.json
+
+run.json is a `launcher.RunConfig`. The worker builds the model (from a catalog config, or from a
+local Hugging Face directory), reads the train shards by memmap, trains with `deepspeed.initialize`
+(ZeRO stage from the config, torch AdamW, gloo), logs loss / lr / tokens-per-second to the MLflow run
+in the config (rank 0), saves a DeepSpeed checkpoint every `save_every` steps and at the end, and
+resumes from the newest one in `checkpoint_dir` if there is one, so a relaunch after `kill -9`
+continues where the last checkpoint left off. At the end rank 0 writes the Hugging Face model plus
+tokenizer to `<checkpoint_dir>/hf_final/` and a `result.json` summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llm_assets.training.launcher import RunConfig
+
+LATEST = "latest"  # DeepSpeed's pointer file to the newest complete checkpoint tag
+
+
+def log(msg: str) -> None:
+    print(f"[worker rank {os.environ.get('RANK', '0')}] {msg}", flush=True)
+
+
+class Batches:
+    """Deterministic batches from memmapped shards: batch k is a function of (seed, k) only.
+
+    So a resumed run sees exactly the batches it would have seen without the crash. Each epoch walks
+    all sequences in a fresh seeded permutation.
+    """
+
+    def __init__(self, arrays: list[np.ndarray], seed: int):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
+        self.n = int(self.offsets[-1])
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _row(self, g: int) -> np.ndarray:
+        epoch, i = divmod(g, self.n)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        j = int(self._perms[epoch][i])
+        s = int(np.searchsorted(self.offsets, j, side="right") - 1)
+        return np.asarray(self.arrays[s][j - self.offsets[s]], dtype=np.int64)
+
+    def get(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self._row(start + k) for k in range(count)])
+
+
+def build_model(cfg: RunConfig, tokenizer):
+    """A causal LM: from a catalog config (vocab and special ids from the tokenizer) or a local directory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    if cfg.model.get("local_path"):
+        model = AutoModelForCausalLM.from_pretrained(cfg.model["local_path"], dtype=torch.float32)
+        if model.get_input_embeddings().num_embeddings != len(tokenizer):
+            log(f"resizing embeddings {model.get_input_embeddings().num_embeddings} -> {len(tokenizer)} "
+                "to match the shards' tokenizer")
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        mc = AutoConfig.for_model(cfg.model["model_type"], **{**cfg.model.get("config", {}),
+                                                              "vocab_size": len(tokenizer), **special})
+        model = AutoModelForCausalLM.from_config(mc)
+    for k, v in special.items():
+        setattr(model.config, k, v)
+        if model.generation_config is not None:
+            setattr(model.generation_config, k, v)
+    return model
+
+
+def deepspeed_config(cfg: RunConfig) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": cfg.weight_decay,
+            "torch_adam": True,  # DeepSpeed's fused CPU Adam would compile for ~45 s first
+        }},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": cfg.max_steps, "warmup_num_steps": cfg.warmup_steps,
+            "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": cfg.min_lr_ratio,
+        }},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class MetricsLog:
+    """Buffered MLflow metrics from rank 0 (one sqlite write per flush, not per step)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.client = None
+        self.run_id = run_id
+        self.buffer: list = []
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri or None)
+
+    def add(self, step: int, **values: float) -> None:
+        from mlflow.entities import Metric
+
+        if self.client is None:
+            return
+        ts = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), ts, step) for k, v in values.items()]
+
+    def flush(self) -> None:
+        if self.client is not None and self.buffer:
+            for i in range(0, len(self.buffer), 900):  # MLflow caps a batch at 1000 metrics
+                self.client.log_batch(self.run_id, metrics=self.buffer[i:i + 900])
+            self.buffer = []
+
+
+def save_checkpoint(engine, ckpt_dir: Path, step: int, keep: int, client_state: dict) -> None:
+    """A DeepSpeed checkpoint, then `latest` moved to it only once every rank has written its part."""
+    import torch.distributed as dist
+
+    tag = f"step{step:08d}"
+    # save_latest=False: DeepSpeed's own `latest` is written by rank 0 before the other ranks finish
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        tmp = ckpt_dir / f"{LATEST}.tmp"
+        tmp.write_text(tag)
+        tmp.replace(ckpt_dir / LATEST)
+        tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+        for old in tags[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def save_hf_final(engine, model, tokenizer_dir: str, out_dir: Path, zero_stage: int) -> None:
+    """Rank 0 writes model (safetensors) + tokenizer files; under ZeRO-3 every rank gathers first."""
+    import contextlib
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from llm_assets.tokens.tokenizer import TOKENIZER_FILES
+
+    gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+              if zero_stage == 3 else contextlib.nullcontext())
+    with gather:
+        if dist.get_rank() == 0:
+            tmp = out_dir.with_name(out_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            for name in TOKENIZER_FILES:
+                src = Path(tokenizer_dir) / name
+                if src.exists():
+                    shutil.copy2(src, tmp / name)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            tmp.rename(out_dir)
+    dist.barrier()
+
+
+def train(cfg: RunConfig) -> dict:
+    import warnings
+
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    import transformers
+    from transformers import AutoTokenizer
+
+    from llm_assets.tokens.shards import open_split, read_manifest
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch's all_gather rename, once per step
+    transformers.logging.set_verbosity_error()
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.seed)
+    ckpt_dir = Path(cfg.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+    seq_len = read_manifest(cfg.shard_dir)["seq_len"]
+    batches = Batches(open_split(cfg.shard_dir, "train", verify=cfg.verify_shards), cfg.seed)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(cfg))
+
+    step, tokens_seen, loss_value = 0, 0, float("nan")
+    if (ckpt_dir / LATEST).exists():
+        path, client_state = engine.load_checkpoint(str(ckpt_dir))
+        if path is None:
+            raise RuntimeError(f"could not load the checkpoint named by {ckpt_dir / LATEST}")
+        step, tokens_seen = client_state["step"], client_state["tokens_seen"]
+        loss_value = client_state.get("loss", float("nan"))
+        log(f"resumed from checkpoint {path} at step {step}")
+    if rank == 0:
+        log(f"model {cfg.model.get('name')} {n_params} parameters, {batches.n} train sequences of {seq_len}, "
+            f"world {world}, ZeRO {cfg.zero_stage}, steps {step}->{cfg.max_steps}")
+
+    metrics = MetricsLog(cfg.mlflow_tracking_uri, cfg.mlflow_run_id) if rank == 0 else MetricsLog("", "")
+    per_rank = cfg.micro_batch_size * cfg.grad_accum_steps
+    tokens_per_step = per_rank * world * seq_len
+    rates: list[float] = []
+    engine.train()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        total = torch.zeros(())
+        for micro in range(cfg.grad_accum_steps):
+            first = step * per_rank * world + rank * per_rank + micro * cfg.micro_batch_size
+            x = torch.from_numpy(batches.get(first, cfg.micro_batch_size))
+            loss = engine(input_ids=x, labels=x).loss
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach()
+        dist.all_reduce(total)  # mean over ranks and micro-batches, for logging
+        loss_value = total.item() / (world * cfg.grad_accum_steps)
+        step += 1
+        tokens_seen += tokens_per_step
+        rate = tokens_per_step / (time.perf_counter() - t0)
+        rates.append(rate)
+        lr = scheduler.get_last_lr()[0] if scheduler is not None else cfg.lr
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}; lower lr={cfg.lr}")
+        if rank == 0:
+            metrics.add(step, loss=loss_value, lr=lr, tokens_per_s=rate, tokens_seen=tokens_seen)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log(f"step {step}/{cfg.max_steps} loss {loss_value:.4f} lr {lr:.2e} tokens/s {rate:,.0f}")
+                metrics.flush()
+        if step % cfg.save_every == 0 or step == cfg.max_steps:
+            metrics.flush()  # the metric history never lags the checkpoint it can resume from
+            save_checkpoint(engine, ckpt_dir, step, cfg.keep_checkpoints,
+                            {"step": step, "tokens_seen": tokens_seen, "loss": loss_value})
+            if rank == 0:
+                log(f"saved checkpoint step {step}")
+
+    save_hf_final(engine, engine.module, cfg.tokenizer_dir, ckpt_dir / "hf_final", cfg.zero_stage)
+    result = {"steps": step, "final_loss": loss_value, "tokens_seen": tokens_seen, "parameters": n_params,
+              "tokens_per_s": float(np.median(rates)) if rates else None, "trained_steps_this_launch": len(rates),
+              "world_size": world, "model_dir": str(ckpt_dir / "hf_final")}
+    if rank == 0:
+        metrics.flush()
+        (ckpt_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        log(f"done: {json.dumps(result)}")
+    dist.barrier()
+    dist.destroy_process_group()
+    return result
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when torchrun dies (torchrun puts workers in their own session,
+    so a kill -9 of torchrun would otherwise leave them training as orphans)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run.json (a launcher.RunConfig)")
+    args = parser.parse_args(argv)
+    cfg = RunConfig.read(args.config)
+    if "RANK" not in os.environ:
+        print("run me under torchrun (see this module's docstring)", file=sys.stderr)
+        return 2
+    die_with_parent()
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# Spark's Python workers must run this venv's interpreter (pyarrow, tokenizers). resources/spark.py
+# defaults PYSPARK_PYTHON to realpath(sys.executable), which resolves the venv symlink to the base
+# interpreter without the venv's packages; conftest runs before the session fixture, so set it first.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory):
+    """A tokenizer and packed shards for training tests, built without Spark (pack_shards directly)."""
+    from llm_assets.tokens import shards
+    from llm_assets.tokens import tokenizer as bpe
+    from tests.tokens.sample import SENTENCES, corpus_rows
+
+    root = tmp_path_factory.mktemp("tiny_inputs")
+    tok = bpe.train_bpe(iter(SENTENCES), vocab_size=512)
+    tok_dir, sha = bpe.save_hf_tokenizer(tok, root / "tokenizers")
+    eos = tok.token_to_id(bpe.EOS_TOKEN)
+    rows = sorted(corpus_rows(300))
+    docs = [(shards.assign_split(d, 0.1), np.array(tok.encode(t).ids + [eos])) for d, t in rows]
+    docs.sort(key=lambda s: s[0])
+    result = shards.pack_shards(docs, root / "shards", seq_len=32, sequences_per_shard=64,
+                                vocab_size=tok.get_vocab_size(),
+                                header={"tokenizer_sha256": sha, "data_commit": "testcommit", "seed": 0})
+    return {"tokenizer_dir": str(tok_dir), "shard_dir": str(result.path), "sha": sha}

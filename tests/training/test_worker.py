@@ -1,0 +1,54 @@
+"""Real torchrun + DeepSpeed (ZeRO-2, gloo, 2 processes on CPU): a kill -9 mid-run, then a relaunch."""
+
+import re
+import threading
+
+from llm_assets.training import launcher
+from resources.tracking import TrackingResource
+from tests.training.test_launcher import TINY
+
+
+def test_relaunch_after_kill_9_resumes_from_the_saved_step(tiny_inputs, tmp_path, cache_dir):
+    tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                artifact_root=str(tmp_path / "mlruns"))
+    run_id = tracking.start_run("kill-test", {"test": "kill9"})
+    ckpt = tmp_path / "ckpt"
+    cfg = launcher.RunConfig(
+        run_name="kill-test", checkpoint_dir=str(ckpt), shard_dir=tiny_inputs["shard_dir"],
+        tokenizer_dir=tiny_inputs["tokenizer_dir"], model=TINY, nproc=2, zero_stage=2, micro_batch_size=4,
+        max_steps=120, save_every=5, log_every=1, lr=3e-3, warmup_steps=2,
+        mlflow_tracking_uri=tracking.tracking_uri, mlflow_run_id=run_id)
+    launcher.validate(cfg)
+    cmd = launcher.torchrun_command(cfg.write(ckpt / "run.json"), cfg.nproc)
+    env = launcher.training_env(torch_extensions_dir=cache_dir / "torch_extensions", tmp_dir=tmp_path / "tmp",
+                                cache_dir=cache_dir / "xdg")
+
+    first_log: list[str] = []
+    proc = launcher.start(cmd, env)
+    reader = threading.Thread(target=launcher.stream, args=(proc, first_log.append), daemon=True)
+    reader.start()
+    assert launcher.wait_for(ckpt / "latest", proc, timeout=300), "\n".join(first_log[-40:])
+    launcher.kill_group(proc)  # SIGKILL to torchrun and both workers at once
+    proc.wait()
+    reader.join(timeout=10)
+    assert proc.returncode == -9
+    assert not (ckpt / "hf_final").exists(), "the run finished before the kill; raise max_steps"
+    killed_at = max(int(m.group(1)) for line in first_log if (m := re.search(r"step (\d+)/120 loss", line)))
+
+    second_log: list[str] = []
+    launcher.run(cmd, env, on_line=second_log.append)
+    resumed = [int(m.group(1)) for line in second_log if (m := re.search(r"resumed from .* at step (\d+)", line))]
+    assert resumed and resumed[0] >= 5 and resumed[0] % 5 == 0, "\n".join(second_log[-40:])
+    assert resumed[0] <= killed_at
+    logged_lines = [m for line in second_log if (m := re.search(r"step (\d+)/120 loss ([\d.]+) lr ([\d.e+-]+)", line))]
+    assert [int(m.group(1)) for m in logged_lines] == list(range(resumed[0] + 1, 121))  # not from 1 again
+    first_loss, first_lr = float(logged_lines[0].group(2)), float(logged_lines[0].group(3))
+    assert first_lr > 1e-3  # the LR schedule resumed too (a restarted warmup would start at 0)
+    assert (ckpt / "hf_final" / "model.safetensors").exists()
+
+    history = tracking.client().get_metric_history(run_id, "loss")
+    logged = sorted({m.step for m in history})
+    assert logged == list(range(1, 121))  # one continuous curve across the crash
+    by_step = {m.step: m.value for m in history}
+    assert first_loss < by_step[1] - 0.1  # weights were restored, not re-initialised
+    assert by_step[120] < by_step[1]

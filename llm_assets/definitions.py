@@ -16,9 +16,12 @@ from sensors import all_sensors
 _STAGES = [data_assets, data_checks, tokens_assets, training_assets, evaluation_assets,
            deployment_assets, monitoring_assets]
 
+all_assets = dg.load_assets_from_modules(_STAGES)
+all_asset_checks = dg.load_asset_checks_from_modules(_STAGES)
+
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(_STAGES),
-    asset_checks=dg.load_asset_checks_from_modules(_STAGES),
+    assets=all_assets,
+    asset_checks=all_asset_checks,
     jobs=all_jobs,
     schedules=all_schedules,
     sensors=all_sensors,

@@ -42,8 +42,7 @@ def test_quality_gates_are_blocking_checks():
     graph = _graph()
     blocking = {}
     for check_key in graph.asset_check_keys:
-        spec = next(s for s in graph.get_checks_def(check_key).check_specs if s.key == check_key)
-        blocking[(check_key.asset_key.to_user_string(), check_key.name)] = spec.blocking
+        blocking[(check_key.asset_key.to_user_string(), check_key.name)] = graph.get_check_spec(check_key).blocking
     assert blocking.get(("eval_report", "eval_gate")) is True
     curated = [b for (asset, _), b in blocking.items() if asset == "curated_corpus"]
     assert curated and all(curated), blocking

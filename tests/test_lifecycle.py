@@ -1,0 +1,119 @@
+"""End to end: the whole graph on a tiny corpus, on the embedded defaults, read back by other tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+from deltalake import DeltaTable
+from mlflow.tracking import MlflowClient
+
+from llm_assets.definitions import all_asset_checks, all_assets
+from resources import build_resources
+from tests.corpus import write_corpus
+from tests.webui import free_port
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "tokenizer": {"config": {"vocab_size": 512}},
+    "token_shards": {"config": {"seq_len": 64, "validation_fraction": 0.2}},
+    "trained_checkpoint": {"config": {"max_steps": 20, "save_every": 10, "log_every": 5, "warmup_steps": 2}},
+    "eval_report": {"config": {"perplexity_sequences": 8, "rouge_samples": 4, "toxicity_samples": 4,
+                               "prompt_tokens": 16, "continuation_tokens": 16, "max_new_tokens": 16}},
+    "endpoint_metrics": {"config": {"requests": 6, "concurrency": 3, "max_tokens": 8}},
+}
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("lifecycle")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "MLFLOW_"))}
+    env.update(LLMOPS_HOME=str(root / "home"), LLMOPS_SOURCE=str(write_corpus(root / "source")),
+               LLMOPS_GATEWAY_PORT=str(free_port()), LLMOPS_CACHE=os.environ.get("LLMOPS_CACHE", str(root / "cache")))
+    resources = build_resources(env)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([*all_assets, *all_asset_checks], resources=resources, instance=instance,
+                                run_config={"ops": TINY}, raise_on_error=False)
+        try:
+            yield result, resources, Path(env["LLMOPS_HOME"])
+        finally:
+            subprocess.run([sys.executable, "-m", "llm_assets.deployment.processes", "stop-all"],
+                           env=env, check=False, timeout=60)
+
+
+def _metadata(result, asset: str) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey(asset)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_whole_graph_materializes(lifecycle):
+    result, _, _ = lifecycle
+    failures = [e.message for e in result.all_events if e.is_step_failure]
+    assert result.success, failures
+    checks = {e.asset_check_evaluation.check_name: e.asset_check_evaluation.passed
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks.get("eval_gate") is True and all(checks.values()), checks
+
+
+def test_delta_tables_open_in_another_reader_and_bad_files_are_quarantined(lifecycle):
+    _, _, home = lifecycle
+    lake = home / "lakehouse"
+    raw = DeltaTable(str(lake / "raw_documents")).to_pandas()
+    curated = DeltaTable(str(lake / "curated_corpus")).to_pandas()
+    quarantine = DeltaTable(str(lake / "quarantine")).to_pandas()
+    assert len(raw) >= 24 and 0 < len(curated) < len(raw)
+    assert not curated["text"].str.contains("@example.org").any()
+    rejected = {Path(s).name: r for s, r in zip(quarantine["source"], quarantine["rule"])}
+    assert {"empty.txt", "binary.txt", "latin1.txt", "copy_of_doc_000.md"} <= set(rejected) | {
+        Path(s).name for s in quarantine["source"]}
+
+
+def test_shards_match_their_manifest(lifecycle):
+    result, _, _ = lifecycle
+    shard_dir = Path(_metadata(result, "token_shards")["manifest"]).parent
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    shards = [s for split in manifest["splits"].values() for s in split]
+    assert shards
+    for shard in shards:
+        assert hashlib.sha256((shard_dir / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def test_exported_model_generates_and_training_is_tracked(lifecycle):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, resources, _ = lifecycle
+    exported = _metadata(result, "exported_model")
+    model = AutoModelForCausalLM.from_pretrained(exported["path"])
+    tokenizer = AutoTokenizer.from_pretrained(exported["path"])
+    ids = tokenizer("The documentation explains", return_tensors="pt").input_ids
+    text = tokenizer.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0])
+    assert text.startswith("The documentation explains") and "Ġ" not in text
+
+    client = MlflowClient(resources["tracking"].tracking_uri)
+    run = client.get_run(exported["mlflow_run_id"])
+    assert run.data.params and "mlflow.source.git.commit" in run.data.tags or "git_commit" in run.data.tags
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+    assert run.data.tags.get("data_commit") == _metadata(result, "curated_corpus")["data_commit"]
+    versions = client.search_model_versions(f"name='{exported['registered_name']}'")
+    assert exported["version"] in {v.version for v in versions}
+
+
+def test_endpoint_answers_and_its_metrics_are_recorded(lifecycle):
+    result, _, home = lifecycle
+    endpoint = _metadata(result, "endpoint")
+    assert endpoint["data_commit"] == _metadata(result, "curated_corpus")["data_commit"]
+    reply = httpx.post(f"{endpoint['url']}/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "What is a license?"}], "max_tokens": 8})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    metrics = DeltaTable(str(home / "lakehouse" / "endpoint_metrics")).to_pandas()
+    assert len(metrics) >= 6
+    assert _metadata(result, "endpoint_metrics")["error_rate"] == 0.0

@@ -41,7 +41,7 @@ def summarize(instance: dg.DagsterInstance, home: Path) -> str:
         "",
         f"data commit:    {_value(curated, 'data_commit')}",
         f"model version:  {_value(exported, 'registered_name')} v{_value(exported, 'version')}"
-        f"  ({_value(exported, 'path')})",
+        f"  ({_value(exported, 'model_dir')})",
         f"endpoint:       {url}",
         "",
         "Try it:",

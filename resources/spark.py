@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,8 @@ def build_session(master: str, conf: dict[str, str], scratch_dir: str) -> SparkS
         builder = SparkSession.builder.remote(master)
     else:
         builder = SparkSession.builder.master(master).config("spark.local.dir", scratch_dir)
-        os.environ.setdefault("PYSPARK_PYTHON", os.path.realpath(os.sys.executable))
+        # Not realpath: that resolves a venv's symlink to the base interpreter, without the venv's packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in {**_BASE_CONF, **conf}.items():
         builder = builder.config(key, value)
     return builder.appName("llmops").getOrCreate()

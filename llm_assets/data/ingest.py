@@ -21,6 +21,10 @@ name rather than repaired:
 Spark's file listing skips names starting with `_` or `.` (its convention for `_SUCCESS`, `.crc`
 and other bookkeeping files); such files in a source directory are not documents to it.
 
+`doc_id` hashes the document's path relative to its source root with its content hash, so the same
+files give the same ids wherever the source is mounted (a laptop, a cluster, a test's tmp dir);
+`source` keeps the full URI.
+
 This module also defines the quarantine record every data step writes (`quarantine_rows`).
 """
 
@@ -159,7 +163,7 @@ def read_source(spark: SparkSession, source: str, max_bytes: int = MAX_BYTES,
         files = default_source_files(max_files)
         if not files:
             raise FileNotFoundError("default raw source: no package docs found under site-packages")
-        return read_files(spark, _load_listed(spark, files), max_bytes)
+        return read_files(spark, _load_listed(spark, files), source_roots(source), max_bytes)
     _check_local_source(source)
     lower = source.lower()
     if lower.endswith(".jsonl") or lower.endswith(".json"):
@@ -169,7 +173,7 @@ def read_source(spark: SparkSession, source: str, max_bytes: int = MAX_BYTES,
     reader = spark.read.format("binaryFile")
     if os.path.isdir(source.removeprefix("file://")) or "://" in source:
         reader = reader.option("recursiveFileLookup", "true").option("pathGlobFilter", TEXT_GLOB)
-    return read_files(spark, reader.load(source), max_bytes)
+    return read_files(spark, reader.load(source), source_roots(source), max_bytes)
 
 
 def _load_listed(spark: SparkSession, files: list[str]) -> DataFrame:
@@ -223,20 +227,45 @@ def _canonical(path: str) -> str:
     return re.sub(r"^file:/+", "file:///", path)
 
 
-def read_files(spark: SparkSession, files: DataFrame, max_bytes: int = MAX_BYTES) -> StepResult:
+def source_roots(source: str) -> list[str]:
+    """The URI prefixes that `doc_id` leaves out: the directory a source names, or the default's roots."""
+    if not source:
+        paths = [sysconfig.get_paths()["purelib"], "/usr/share/doc"]
+    else:
+        path = source.removeprefix("file://")
+        if "://" in path:
+            return [path.rstrip("/") + "/"]
+        cut = min((path.index(c) for c in _GLOB_CHARS if c in path), default=None)
+        if cut is not None:
+            path = path[:cut].rsplit("/", 1)[0]
+        elif not os.path.isdir(path):
+            path = os.path.dirname(path)
+        paths = [path]
+    return [_canonical("file://" + os.path.abspath(p)).rstrip("/") + "/" for p in paths]
+
+
+def _doc_id(source: Column, content_hash: Column, roots: list[str]) -> Column:
+    """sha256 of the source relative to its root (the longest matching one) and the content hash."""
+    relative = source
+    for root in sorted(roots, key=len):
+        relative = F.when(source.startswith(root), source.substr(len(root) + 1, 1 << 30)).otherwise(relative)
+    return F.sha2(F.concat_ws("\n", relative, content_hash), 256)
+
+
+def read_files(spark: SparkSession, files: DataFrame, roots: list[str],
+               max_bytes: int = MAX_BYTES) -> StepResult:
     """Decode a `binaryFile` DataFrame; oversized files are rejected from their length alone."""
     # Hadoop prints `file:/x`, URIs are `file:///x`: one spelling, so sources compare and read back.
     files = files.withColumn("path", F.regexp_replace("path", "^file:/+", "file:///"))
     # Spark's file scan skips zero-length files; find them by comparing with the listing.
     # The listing is URI-encoded (`a%20b.txt`), the scan's `path` column is not (`a b.txt`).
     listed = spark.createDataFrame([(_canonical(unquote(p)),) for p in files.inputFiles()], "path string")
-    empty = listed.join(files.select("path"), "path", "left_anti").select(
-        F.col("path").alias("source"), F.sha2(F.col("path"), 256).alias("doc_id"))
+    empty = listed.join(files.select("path"), "path", "left_anti").select(F.col("path").alias("source")) \
+        .withColumn("doc_id", _doc_id(F.col("source"), F.lit(""), roots))
     oversized = files.where(F.col("length") > max_bytes).select(
         F.col("path").alias("source"),
-        F.sha2(F.col("path"), 256).alias("doc_id"),
         F.format_string(f"%d bytes > max_bytes {max_bytes}", F.col("length")).alias("reason"),
-    )
+    ).withColumn("doc_id", _doc_id(F.col("source"), F.lit(""), roots))
     # The `length` filter is pushed into the scan, so oversized files' content is never read.
     decoded = (
         files.where(F.col("length") <= max_bytes)
@@ -247,7 +276,7 @@ def read_files(spark: SparkSession, files: DataFrame, max_bytes: int = MAX_BYTES
             _decode_udf(F.col("content")).alias("d"),
         )
         .select("source", "n_bytes", "content_hash", "d.*")
-        .withColumn("doc_id", F.sha2(F.concat_ws("\n", "source", "content_hash"), 256))
+        .withColumn("doc_id", _doc_id(F.col("source"), F.col("content_hash"), roots))
         .persist()
     )
     kept = decoded.where(F.col("rule").isNull()).select(
@@ -292,7 +321,7 @@ def read_records(spark: SparkSession, records: DataFrame, path: str, max_bytes: 
         )
         .withColumn("n_bytes", F.coalesce(F.octet_length("text"), F.lit(0)).cast("long"))
         .withColumn("content_hash", F.sha2(F.coalesce(F.col("text"), F.col("corrupt"), F.lit("")), 256))
-        .withColumn("doc_id", F.sha2(F.concat_ws("\n", "source", "content_hash"), 256))
+        .withColumn("doc_id", _doc_id(F.col("source"), F.col("content_hash"), source_roots(path)))
         .withColumn("rule", F.when(F.col("corrupt").isNotNull(), "malformed_record")
                     .when(F.col("n_bytes") > max_bytes, "oversized")
                     .when(F.col("text").isNull() | (F.trim("text") == ""), "empty")

@@ -44,7 +44,7 @@ def quantized_model(context: dg.AssetExecutionContext, config: QuantizeConfig, e
     value = QuantizedModel(path=str(out_dir), source=exported_model, size_ratio=info["size_ratio"],
                            perplexity_delta=ppl_int8 - ppl_fp32)
     return dg.Output(value, metadata={
-        "path": dg.MetadataValue.path(str(out_dir)),
+        "model_dir": dg.MetadataValue.path(str(out_dir)),
         "fp32_bytes": info["fp32_bytes"],
         "int8_bytes": info["int8_bytes"],
         "size_ratio": dg.MetadataValue.float(info["size_ratio"]),

@@ -61,7 +61,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curate
                      f"vocab {tok.get_vocab_size()} -> {path}")
     artifact = TokenizerArtifact(path=str(path), sha256=sha, vocab_size=tok.get_vocab_size())
     return dg.Output(artifact, metadata={
-        "path": dg.MetadataValue.path(str(path)),
+        "tokenizer_dir": dg.MetadataValue.path(str(path)),
         "sha256": sha,
         "vocab_size": artifact.vocab_size,
         "training_documents": counted["docs"],
@@ -85,9 +85,12 @@ def token_shards(context: dg.AssetExecutionContext, config: ShardConfig, curated
     )
     m = result.manifest
     tokens = {s: sum(e["tokens"] for e in m["splits"][s]) for s in shards.SPLITS}
-    if tokens["train"] == 0:
-        raise ValueError(f"curated_corpus {curated_corpus.table.name}@{curated_corpus.table.version} gives no "
-                         f"complete train sequence of seq_len={config.seq_len}: lower seq_len or add data")
+    for split, fix in (("train", "lower seq_len or add data"),
+                       ("validation", "raise validation_fraction, lower seq_len or add data")):
+        if tokens[split] == 0 and (split == "train" or config.validation_fraction > 0):
+            raise ValueError(f"curated_corpus {curated_corpus.table.name}@{curated_corpus.table.version} gives no "
+                             f"complete {split} sequence of seq_len={config.seq_len} "
+                             f"({m['documents'][split]} {split} documents): {fix}")
     context.log.info(f"packed {m['documents']} documents into {tokens} tokens -> {result.path}")
     table = "| split | documents | shards | sequences | tokens |\n|---|---|---|---|---|\n" + "".join(
         f"| {s} | {m['documents'][s]} | {len(m['splits'][s])} | {sum(e['sequences'] for e in m['splits'][s])} "

@@ -200,7 +200,7 @@ def exported_model(context: dg.AssetExecutionContext, config: ExportConfig, trai
     model = ExportedModel(path=str(final), registered_name=config.registered_name, version=str(version),
                           mlflow_run_id=trained_checkpoint.mlflow_run_id, data_commit=trained_checkpoint.data_commit)
     return dg.Output(model, metadata={
-        "path": dg.MetadataValue.path(str(final)),
+        "model_dir": dg.MetadataValue.path(str(final)),
         "registered_name": config.registered_name,
         "version": str(version),
         "sample": dg.MetadataValue.md(f"**{sample['prompt']}**{sample['completion']}"),

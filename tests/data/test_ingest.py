@@ -145,3 +145,10 @@ def test_decode_bytes(data, rule):
     assert got == rule
     if rule is None:
         assert text in ("hello", "héllo") and reason is None
+
+
+def test_doc_ids_do_not_depend_on_where_the_source_is_mounted(spark, tmp_path):
+    here, _ = _collect(ingest.read_source(spark, str(_source(tmp_path / "laptop")), max_bytes=2000))
+    there, _ = _collect(ingest.read_source(spark, str(_source(tmp_path / "cluster" / "mnt")), max_bytes=2000))
+    assert set(here["source"]).isdisjoint(there["source"])
+    assert sorted(here["doc_id"]) == sorted(there["doc_id"])

@@ -148,7 +148,7 @@ def local_model_spec(local_path: str | Path) -> dict:
 
 
 def select_base_model(candidates: list[dict], *, name: str = "", license_allow: list[str] | tuple = ("mit", "apache-2.0"),
-                      max_parameters: int = 5_000_000, max_cpu_hours: float = 0.025) -> tuple[dict, list[str]]:
+                      max_parameters: int = 5_000_000, max_cpu_hours: float = 0.1) -> tuple[dict, list[str]]:
     """The largest candidate within the license allow-list, size cap and CPU-hour budget.
 
     An explicit `name` skips the size and budget limits (the person asked for it) but not the license

@@ -82,6 +82,10 @@ def build_model(cfg: RunConfig, tokenizer):
         mc = AutoConfig.for_model(cfg.model["model_type"], **{**cfg.model.get("config", {}),
                                                               "vocab_size": len(tokenizer), **special})
         model = AutoModelForCausalLM.from_config(mc)
+        # A small model decodes greedily into loops ("the following conditions and the following ...");
+        # generation_config.json carries this to `generate()` callers. Not no_repeat_ngram_size: its
+        # logits processor kills `transformers serve --continuous-batching`'s worker (transformers 5.24).
+        model.generation_config.repetition_penalty = 1.3
     for k, v in special.items():
         setattr(model.config, k, v)
         if model.generation_config is not None:

@@ -9,7 +9,7 @@ from llm_assets.training import catalog
 
 @pytest.fixture(scope="module")
 def candidates():
-    return catalog.build_catalog(train_tokens=400_000)
+    return catalog.build_catalog(train_tokens=2_000_000)
 
 
 def test_tiny_gpt2_parameter_count_matches_the_built_model(candidates):
@@ -30,7 +30,7 @@ def test_every_candidate_count_matches_transformers_on_the_meta_device(candidate
 def test_cost_and_memory_follow_the_formulas(candidates):
     tp = catalog.load_catalog()["throughput"]
     for c in candidates:
-        assert c["train_flops"] == 6 * c["parameters"] * 400_000
+        assert c["train_flops"] == 6 * c["parameters"] * 2_000_000
         assert c["cpu_hours"] == pytest.approx(c["train_flops"] / float(tp["cpu_flops_per_s"]) / 3600)
         mem = c["serving_memory_gib"]
         assert mem["fp32"] > mem["bf16"] > mem["int8"] > mem["int4"] > 0

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from llm_assets.data.pii import scrub_documents
+from llm_assets.data.pii import COUNT_COLUMNS, scrub_documents
 
 _STOPWORDS = {
     "en": "the of and a to in is that for it with as on are this be by or from an not can you which if we",
@@ -81,7 +81,7 @@ def with_language(docs: DataFrame) -> DataFrame:
 
 
 CURATED_COLUMNS = ["doc_id", "source", "kind", "language", "text", "n_chars", "n_words", "content_hash",
-                   "text_hash", "pii_email", "pii_phone", "pii_ip_address"]
+                   "text_hash", *COUNT_COLUMNS]
 
 
 def curate_documents(docs: DataFrame) -> DataFrame:

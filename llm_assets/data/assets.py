@@ -7,12 +7,11 @@ its input table version in the Delta commit, and `curated_corpus` pins all of th
 import time
 
 import dagster as dg
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llm_assets.artifacts import CommittedTable
-from llm_assets.data import cleaning, composition, dedup, ingest, pii
+from llm_assets.data import accounting, cleaning, composition, dedup, ingest, pii
 from resources.lakehouse import LakehouseResource, TableVersion
 from resources.settings import SettingsResource
 from resources.spark import SparkResource
@@ -39,6 +38,15 @@ class CleaningConfig(dg.Config):
     min_alpha_word_ratio: float = cleaning.QualityRules.min_alpha_word_ratio
     max_mean_word_length: float = cleaning.QualityRules.max_mean_word_length
     max_repeated_line_ratio: float = cleaning.QualityRules.max_repeated_line_ratio
+    languages: list[str] = ["en"]
+    """ISO 639-1 codes to keep (add `unknown` to keep unidentified text); empty keeps every language."""
+
+
+class CurationConfig(dg.Config):
+    """Used by: curated_corpus."""
+
+    max_pii_per_1k_chars: float = 20.0
+    """Documents denser in PII than this (after scrubbing) are quarantined as `pii_density`."""
 
 
 class DedupConfig(dg.Config):
@@ -67,9 +75,10 @@ def _write_step(context: dg.AssetExecutionContext, lakehouse: LakehouseResource,
     if source is not None:
         info["input"] = f"{source.name}@{source.version}"
     try:
-        rules = _rules(result.rejected)
+        rejected = result.rejected.withColumn("run_id", F.lit(context.run_id)).withColumn("asset", F.lit(table))
+        rules = _rules(rejected)
         if rules:
-            lakehouse.write(result.rejected, QUARANTINE, f"{table}: {message}", mode="append", **info)
+            lakehouse.write(rejected, QUARANTINE, f"{table}: {message}", mode="append", **info)
         if result.kept.isEmpty():
             raise ValueError(f"{table}: no documents left ({sum(rules.values())} quarantined: {rules}); "
                              f"see the `{QUARANTINE}` table under {lakehouse.root}")
@@ -85,24 +94,6 @@ def _metadata(table: TableVersion, rules: dict[str, int], **extra) -> dict:
     return {"rows": table.rows, "quarantined": sum(rules.values()),
             "quarantined_by_rule": dg.MetadataValue.json(rules), "delta_version": table.version,
             "uri": dg.MetadataValue.path(table.uri), **extra}
-
-
-def _pinned(lakehouse: LakehouseResource, name: str, version: int) -> TableVersion:
-    dt = DeltaTable(lakehouse.uri(name), version=version)
-    rows = dt.get_add_actions(flatten=True).column("num_records").to_pylist()
-    return TableVersion(name, lakehouse.uri(name), version, int(sum(r or 0 for r in rows)))
-
-
-def _lineage(lakehouse: LakehouseResource, table: TableVersion) -> list[TableVersion]:
-    """`table` and the versions it was made from, following the `input` recorded in each Delta commit."""
-    chain = [table]
-    while True:
-        current = chain[-1]
-        commit = next((h for h in DeltaTable(current.uri).history() if h.get("version") == current.version), {})
-        if not commit.get("input"):
-            return chain
-        name, _, version = commit["input"].rpartition("@")
-        chain.append(_pinned(lakehouse, name, int(version)))
 
 
 # ---------------------------------------------------------------- assets
@@ -123,8 +114,9 @@ def raw_documents(context: dg.AssetExecutionContext, config: IngestConfig, setti
 def cleaned_corpus(context: dg.AssetExecutionContext, config: CleaningConfig, raw_documents: TableVersion,
                    spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
     """Documents with text repaired (ftfy), markup stripped, NFC, whitespace normalized; quality rules applied."""
-    rules = cleaning.QualityRules(**config.model_dump())
-    result = cleaning.clean_documents(lakehouse.read(spark.session(), raw_documents), rules)
+    rules = cleaning.QualityRules(**config.model_dump(exclude={"languages"}))
+    result = cleaning.clean_documents(lakehouse.read(spark.session(), raw_documents), rules,
+                                      languages=tuple(config.languages))
     table, rejected = _write_step(context, lakehouse, result, "cleaned_corpus",
                                   f"clean raw_documents@{raw_documents.version}", source=raw_documents)
     return dg.Output(table, metadata=_metadata(table, rejected, rows_in=raw_documents.rows,
@@ -148,17 +140,18 @@ def deduped_corpus(context: dg.AssetExecutionContext, config: DedupConfig, clean
 
 
 @dg.asset(group_name="data", kinds={"spark", "delta"})
-def curated_corpus(context: dg.AssetExecutionContext, deduped_corpus: TableVersion, spark: SparkResource,
-                   lakehouse: LakehouseResource, versioning: VersioningResource) -> dg.Output[CommittedTable]:
-    """The training corpus: PII scrubbed, language labelled, committed as a data version with its lineage."""
+def curated_corpus(context: dg.AssetExecutionContext, config: CurationConfig, deduped_corpus: TableVersion,
+                   spark: SparkResource, lakehouse: LakehouseResource,
+                   versioning: VersioningResource) -> dg.Output[CommittedTable]:
+    """The training corpus: PII scrubbed, PII-dense documents quarantined, committed as a data version."""
     session = spark.session()
-    curated = composition.curate_documents(lakehouse.read(session, deduped_corpus))
-    table = lakehouse.write(curated, "curated_corpus", f"curate deduped_corpus@{deduped_corpus.version}",
-                            run_id=context.run_id, asset="curated_corpus",
-                            input=f"{deduped_corpus.name}@{deduped_corpus.version}")
+    scrubbed = composition.curate_documents(lakehouse.read(session, deduped_corpus))
+    kept, rejected = pii.split_by_pii_density(scrubbed, config.max_pii_per_1k_chars)
+    table, rules = _write_step(context, lakehouse, ingest.StepResult(kept, rejected), "curated_corpus",
+                               f"curate deduped_corpus@{deduped_corpus.version}", source=deduped_corpus)
     written = lakehouse.read(session, table)  # what was committed, not a recomputation
     totals, summary = pii.pii_totals(written), composition.summarize(written)
-    tables = _lineage(lakehouse, table)[::-1]
+    tables = accounting.lineage(lakehouse, table)[::-1]
     if (quarantine := lakehouse.latest(QUARANTINE)) is not None:
         tables.append(quarantine)
     commit_id = versioning.commit(tables, f"curated corpus from {deduped_corpus.name}@{deduped_corpus.version}",
@@ -169,6 +162,7 @@ def curated_corpus(context: dg.AssetExecutionContext, deduped_corpus: TableVersi
         "rows": table.rows, "delta_version": table.version, "uri": dg.MetadataValue.path(table.uri),
         "data_commit": commit_id, "pinned": dg.MetadataValue.json({t.name: t.version for t in tables}),
         **{f"pii_{k}": v for k, v in totals.items()},
+        "quarantined_pii_density": rules.get("pii_density", 0),
         "languages": dg.MetadataValue.json(summary["by_language"]),
         "composition": dg.MetadataValue.md(composition.composition_markdown(summary)),
         "chars": summary["chars"],

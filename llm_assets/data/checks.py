@@ -1,10 +1,10 @@
-"""Quality gates on the data stage: the Great Expectations suite on the curated corpus (blocking)."""
+"""Quality gates on the data stage: the Great Expectations suite and the quarantine books (both blocking)."""
 
 import dagster as dg
 
 from llm_assets.artifacts import CommittedTable
-from llm_assets.data import expectations
-from llm_assets.data.assets import curated_corpus
+from llm_assets.data import accounting, expectations
+from llm_assets.data.assets import QUARANTINE, curated_corpus
 from resources.lakehouse import LakehouseResource
 from resources.spark import SparkResource
 
@@ -39,5 +39,21 @@ def curated_corpus_expectations(config: CorpusExpectationsConfig, curated_corpus
         "min_chars": config.min_chars,
         "max_chars": config.max_chars,
         "delta_version": curated_corpus.table.version,
+        "data_commit": curated_corpus.commit_id,
+    })
+
+
+@dg.asset_check(asset=curated_corpus, blocking=True)
+def curated_corpus_accounting(curated_corpus: CommittedTable, lakehouse: LakehouseResource) -> dg.AssetCheckResult:
+    """Nothing vanishes: every step's input rows = its kept rows + the rows it quarantined."""
+    chain = accounting.lineage(lakehouse, curated_corpus.table)
+    quarantine = lakehouse.latest(QUARANTINE)
+    balances = accounting.step_balances(chain, quarantine.uri if quarantine else None)
+    unbalanced = [b.asset for b in balances if not b.balanced]
+    return dg.AssetCheckResult(passed=bool(balances) and not unbalanced, metadata={
+        "steps": dg.MetadataValue.md(accounting.balances_markdown(balances)),
+        "unbalanced": dg.MetadataValue.json(unbalanced),
+        "rows_in": balances[-1].rows_in if balances else 0,
+        "rows_kept": curated_corpus.table.rows,
         "data_commit": curated_corpus.commit_id,
     })

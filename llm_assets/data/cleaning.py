@@ -1,4 +1,5 @@
-"""Text cleaning and quality rules: ftfy, markup stripped, Unicode NFC, whitespace normalized.
+"""Text cleaning and quality rules: ftfy, markup stripped (HTML main text by trafilatura), Unicode NFC,
+whitespace normalized, language identified and filtered.
 
 Each rule is a threshold on a simple statistic, in the spirit of the Gopher rules (Rae et al. 2021)
 as datatrove implements them, loosened for a corpus of software documentation (code blocks, URLs,
@@ -13,6 +14,7 @@ license texts):
 | `alpha_words`    | share of words at least half letters (`1.5e+00`: no)    | < 0.50      | < 0.80   |
 | `word_length`    | mean word length                                        | > 15 chars  | > 10     |
 | `repeated_lines` | share of non-blank lines that repeat an earlier line    | > 0.75      | > 0.30   |
+| `language`       | lingua's label (llm_assets/data/language.py)            | not kept    | -        |
 
 `clean_text` and `quality_rule` are plain functions; `clean_documents` runs them in a pandas UDF.
 """
@@ -25,12 +27,14 @@ from dataclasses import asdict, dataclass
 
 import ftfy
 import pandas as pd
+import trafilatura
 from bs4 import BeautifulSoup
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from llm_assets.data.ingest import StepResult, quarantine_rows
+from llm_assets.data.language import detect_language
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ _METADATA_KEEP = ("Name:", "Summary:", "Author:", "Author-email:", "Maintainer:"
 
 
 def strip_html(text: str) -> str:
+    """The page's main text (trafilatura drops navigation, headers and footers); all visible text when
+    trafilatura finds no main content (short pages, API references)."""
+    main = trafilatura.extract(text, include_comments=False, include_tables=True, favor_recall=True)
+    if main:
+        return main
     soup = BeautifulSoup(text, "html.parser")
     for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
@@ -162,12 +171,19 @@ def quality_rule(text: str, rules: QualityRules = QualityRules()) -> tuple[str, 
     return None
 
 
-def clean_and_judge(text: str, kind: str, rules: QualityRules = QualityRules()) -> tuple[str, int, str | None, str | None]:
-    """(cleaned text, word count, rule or None, reason or None) for one document."""
+def clean_and_judge(text: str, kind: str, rules: QualityRules = QualityRules(),
+                    languages: tuple[str, ...] = ()) -> tuple[str, int, str, str | None, str | None]:
+    """(cleaned text, word count, language, rule or None, reason or None) for one document.
+
+    `languages`: the ISO 639-1 codes to keep (`unknown` included if listed); empty keeps every language.
+    """
     cleaned = clean_text(text, kind)
     verdict = quality_rule(cleaned, rules)
+    lang = detect_language(cleaned)
+    if verdict is None and languages and lang not in languages:
+        verdict = ("language", f"language {lang} not in kept languages {list(languages)}")
     rule, reason = verdict if verdict else (None, None)
-    return cleaned, len(cleaned.split()), rule, reason
+    return cleaned, len(cleaned.split()), lang, rule, reason
 
 
 # ---------------------------------------------------------------- on Spark
@@ -175,32 +191,37 @@ def clean_and_judge(text: str, kind: str, rules: QualityRules = QualityRules()) 
 _CLEANED = T.StructType([
     T.StructField("text", T.StringType()),
     T.StructField("n_words", T.LongType()),
+    T.StructField("language", T.StringType()),
     T.StructField("rule", T.StringType()),
     T.StructField("reason", T.StringType()),
 ])
 
-CLEANED_COLUMNS = ["doc_id", "source", "kind", "text", "content_hash", "n_chars", "n_words"]
+CLEANED_COLUMNS = ["doc_id", "source", "kind", "language", "text", "content_hash", "n_chars", "n_words"]
 
 
-def clean_documents(raw: DataFrame, rules: QualityRules = QualityRules()) -> StepResult:
+def clean_documents(raw: DataFrame, rules: QualityRules = QualityRules(),
+                    languages: tuple[str, ...] = ()) -> StepResult:
     """Clean every document of `raw`; rule breakers go to the quarantine shape with the rule's name."""
     thresholds = asdict(rules)
+    kept_languages = tuple(languages)
 
     @F.pandas_udf(_CLEANED)
     def clean_udf(text: pd.Series, kind: pd.Series) -> pd.DataFrame:
         rules_ = QualityRules(**thresholds)
-        rows = [clean_and_judge(t, k, rules_) for t, k in zip(text, kind)]
-        return pd.DataFrame(rows, columns=["text", "n_words", "rule", "reason"])
+        rows = [clean_and_judge(t, k, rules_, kept_languages) for t, k in zip(text, kind)]
+        return pd.DataFrame(rows, columns=["text", "n_words", "language", "rule", "reason"])
 
+    extra = [c for c in raw.columns if c not in {"doc_id", "source", "kind", "text", "content_hash"}]
     judged = (
-        raw.select("doc_id", "source", "kind", "content_hash", F.col("text").alias("raw_text"),
+        raw.select("doc_id", "source", "kind", "content_hash", *extra, F.col("text").alias("raw_text"),
                    clean_udf("text", "kind").alias("c"))
-        .select("doc_id", "source", "kind", "content_hash", "raw_text", "c.*")
+        .select("doc_id", "source", "kind", "content_hash", *extra, "raw_text", "c.*")
         .persist()
     )
     kept = judged.where(F.col("rule").isNull()).select(
-        "doc_id", "source", "kind", "text", "content_hash",
+        "doc_id", "source", "kind", "language", "text", "content_hash",
         F.length("text").cast("long").alias("n_chars"), "n_words",
+        *[c for c in extra if c not in {"n_bytes", "ingested_at"}],
     )
     rejected = quarantine_rows(judged.where(F.col("rule").isNotNull()), "cleaned_corpus", "rule", "reason",
                                text=F.when(F.length("text") > 0, F.col("text")).otherwise(F.col("raw_text")))

@@ -206,7 +206,7 @@ def deduplicate(docs: DataFrame, params: MinHashParams = MinHashParams(), max_it
     near = unique.join(removed, unique.key == removed.node).drop("node")
     kept = unique.join(removed, unique.key == removed.node, "left_anti")
 
-    kept_columns = ["doc_id", "source", "kind", "text", "content_hash", "text_hash", "n_chars", "n_words"]
+    kept_columns = [*docs.columns, "text_hash"]
     rejected = quarantine_rows(
         exact, "deduped_corpus", F.lit("exact_duplicate"),
         F.concat(F.lit("same normalized text as kept doc "), F.col("kept_id")),

@@ -5,7 +5,8 @@ import pandas as pd
 from deltalake import DeltaTable
 
 from llm_assets.data.assets import cleaned_corpus, curated_corpus, deduped_corpus, raw_documents
-from llm_assets.data.checks import curated_corpus_expectations
+from llm_assets.data import accounting
+from llm_assets.data.checks import curated_corpus_accounting, curated_corpus_expectations
 from llm_assets.data.pii import EMAIL
 from resources.settings import SettingsResource
 from tests.corpus import write_corpus
@@ -15,7 +16,8 @@ TABLES = ["raw_documents", "cleaned_corpus", "deduped_corpus", "curated_corpus",
 
 def _materialize(resources):
     return dg.materialize(
-        [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, curated_corpus_expectations],
+        [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, curated_corpus_expectations,
+         curated_corpus_accounting],
         resources=resources,
         run_config={"ops": {"raw_documents": {"config": {"max_bytes": 20_000}}}},
     )
@@ -66,8 +68,17 @@ def test_data_stage_materializes_versions_and_commits(llmops_resources, home, tm
         "quarantine": 1}  # raw_documents and deduped_corpus each appended to quarantine
     dedup_meta = _meta(first, "deduped_corpus")
     assert (dedup_meta["exact_removed"], dedup_meta["near_removed"], dedup_meta["clusters"]) == (1, 4, 4)
-    (check,) = first.get_asset_check_evaluations()
-    assert check.passed and check.metadata["rows"].value == len(curated)
+    checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
+    gx = checks["curated_corpus_expectations"]
+    assert gx.passed and gx.metadata["rows"].value == len(curated)
+    books = checks["curated_corpus_accounting"]
+    assert books.passed and books.metadata["rows_in"].value == len(raw) - 0  # cleaning rejected nothing here
+    assert "| deduped_corpus | cleaned_corpus@0 | 14 | 9 | 5 | yes |" in books.metadata["steps"].value
+    lake = llmops_resources["lakehouse"]
+    chain = accounting.lineage(lake, lake.latest("curated_corpus"))
+    assert [t.name for t in chain] == TABLES[3::-1]
+    unbooked = accounting.step_balances(chain, quarantine_uri=None)  # as if the quarantine were lost
+    assert [b.asset for b in unbooked if not b.balanced] == ["deduped_corpus"]
 
     second = _materialize(resources)
     assert second.success

@@ -89,3 +89,20 @@ def test_clean_documents_on_spark_quarantines_with_rule_names(spark):
                                                                "d": "empty"}
     assert set(rejected["step"]) == {"cleaned_corpus"}
     assert rejected.set_index("doc_id").loc["b", "text_preview"] == "too short"
+
+
+def test_documents_outside_the_kept_languages_are_quarantined(spark):
+    german = ("Die Bibliothek liest eine Konfigurationsdatei, prüft jede Option und schreibt einen kurzen "
+              "Bericht, der erklärt, was sie gefunden hat und was sie ändern würde. ") * 2
+    raw = spark.createDataFrame([("en", "file:///en.txt", "txt", PROSE * 2, "h1"),
+                                 ("de", "file:///de.txt", "txt", german, "h2")],
+                                "doc_id string, source string, kind string, text string, content_hash string")
+    everything = cleaning.clean_documents(raw, QualityRules())
+    assert dict(everything.kept.select("doc_id", "language").collect()) == {"en": "en", "de": "de"}
+    everything.release()
+    english = cleaning.clean_documents(raw, QualityRules(), languages=("en",))
+    rejected = english.rejected.toPandas()
+    assert [r.doc_id for r in english.kept.collect()] == ["en"]
+    assert rejected[["doc_id", "rule"]].values.tolist() == [["de", "language"]]
+    assert "language de not in kept languages ['en']" in rejected["reason"][0]
+    english.release()

@@ -1,4 +1,4 @@
-"""Composition: the language heuristic and the summary of a curated frame."""
+"""Composition: the summary of a curated frame."""
 
 import pandas as pd
 
@@ -19,11 +19,3 @@ def test_composition_summary_and_markdown(spark):
     md = composition.composition_markdown(summary)
     assert "| md | 2 | 50.0% |" in md and "| de | 1 | 25.0% |" in md
 
-
-def test_language_heuristic():
-    assert composition.detect_language("The package is installed and the tests are run for each of the versions.") == "en"
-    assert composition.detect_language("Die Daten werden in der Tabelle gespeichert und nicht gelöscht.") == "de"
-    assert composition.detect_language("Les données sont écrites dans la table et ne sont pas effacées.") == "fr"
-    assert composition.detect_language("これはテストの文章です。") == "ja"
-    assert composition.detect_language("Привет, это простой текст на русском языке.") == "ru"
-    assert composition.detect_language("x = f(y) + g(z); return x") == "unknown"

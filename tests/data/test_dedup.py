@@ -71,8 +71,8 @@ def test_exact_and_near_duplicates_removed_similar_docs_kept(runs):
     a_keep = min(["a", "a_exact"], key=lambda d: hashes[d])
     expected_kept = {a_keep, b_keep, "c", "c_similar", "d"}
     assert set(kept["doc_id"]) == expected_kept
-    assert list(kept.columns) == ["doc_id", "source", "kind", "text", "content_hash", "text_hash",
-                                  "n_chars", "n_words"]
+    assert list(kept.columns) == ["doc_id", "source", "kind", "text", "content_hash", "n_chars", "n_words",
+                                  "text_hash"]  # every input column passes through
     assert sorted(rejected["rule"]) == ["exact_duplicate", "near_duplicate", "near_duplicate"]
     assert result.clusters == 1
 

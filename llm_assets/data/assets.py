@@ -4,6 +4,7 @@ Every step appends what it rejects to the one `quarantine` table (rule and reaso
 its input table version in the Delta commit, and `curated_corpus` pins all of them in a data commit.
 """
 
+import json
 import time
 
 import dagster as dg
@@ -11,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llm_assets.artifacts import CommittedTable
-from llm_assets.data import accounting, cleaning, composition, dedup, ingest, pii
+from llm_assets.data import accounting, bias, cleaning, composition, dedup, ingest, pii
 from resources.lakehouse import LakehouseResource, TableVersion
 from resources.settings import SettingsResource
 from resources.spark import SparkResource
@@ -47,6 +48,15 @@ class CurationConfig(dg.Config):
 
     max_pii_per_1k_chars: float = 20.0
     """Documents denser in PII than this (after scrubbing) are quarantined as `pii_density`."""
+
+
+class CorpusReportConfig(dg.Config):
+    """Used by: corpus_report."""
+
+    lexicon: dict[str, list[str]] = bias.DEFAULT_LEXICON
+    """Demographic groups and their terms, counted as whole words."""
+    toxicity_sample: int = 500
+    toxicity_threshold: float = 0.5
 
 
 class DedupConfig(dg.Config):
@@ -169,4 +179,46 @@ def curated_corpus(context: dg.AssetExecutionContext, config: CurationConfig, de
     })
 
 
-data_assets = [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus]
+@dg.asset(group_name="data", kinds={"spark", "matplotlib"})
+def corpus_report(context: dg.AssetExecutionContext, config: CorpusReportConfig, curated_corpus: CommittedTable,
+                  settings: SettingsResource, spark: SparkResource, lakehouse: LakehouseResource,
+                  versioning: VersioningResource) -> dg.MaterializeResult:
+    """Bias and composition of the committed corpus: demographic terms, toxicity, plots, change since the parent."""
+    docs = lakehouse.read(spark.session(), curated_corpus.table).persist()
+    try:
+        summary = composition.summarize(docs)
+        counts = bias.demographic_counts(docs, config.lexicon)
+        toxic = bias.toxicity(docs, config.toxicity_sample, config.toxicity_threshold)
+        lengths = docs.select("n_chars").toPandas()["n_chars"]
+    finally:
+        docs.unpersist()
+    group_shares = bias.shares(counts)
+    headline = {"documents": summary["documents"], "chars": summary["chars"], "toxicity_rate": toxic["rate"],
+                "groups": list(counts), **{f"share_{g}": v for g, v in group_shares.items()}}
+    reports = settings.dir("reports", "corpus")
+    (reports / f"{curated_corpus.commit_id}.json").write_text(json.dumps(
+        {**headline, "summary": summary, "demographic_counts": counts, "toxicity": toxic}, indent=1))
+    parent = versioning.get_commit(curated_corpus.commit_id).get("parent")
+    previous_path = reports / f"{parent}.json"
+    previous = json.loads(previous_path.read_text()) if parent and previous_path.exists() else None
+    plot = bias.composition_plot(summary, lengths, reports / f"{curated_corpus.commit_id}.png")
+    context.log.info(f"corpus_report: demographic terms {counts}, toxicity {toxic['toxic']}/{toxic['sampled']}"
+                     f" sampled documents; compared with {'commit ' + parent if previous else 'nothing'}")
+    terms = "| group | matches | share |\n|---|---:|---:|\n" + "".join(
+        f"| {g} | {n:,} | {group_shares[g]:.1%} |\n" for g, n in counts.items())
+    return dg.MaterializeResult(metadata={
+        "data_commit": curated_corpus.commit_id,
+        "documents": summary["documents"],
+        "toxicity_rate": dg.MetadataValue.float(toxic["rate"]),
+        "toxicity_ci95": dg.MetadataValue.json(toxic["ci95"]),
+        "toxicity_sampled": toxic["sampled"],
+        "demographic_terms": dg.MetadataValue.md(terms),
+        **{f"share_{g}": dg.MetadataValue.float(v) for g, v in group_shares.items()},
+        "composition": dg.MetadataValue.md(composition.composition_markdown(summary)),
+        "plot": dg.MetadataValue.md(bias.image_markdown(plot, "composition")),
+        "plot_path": dg.MetadataValue.path(str(plot)),
+        "change_since_parent": dg.MetadataValue.md(bias.comparison_markdown(headline, previous)),
+    })
+
+
+data_assets = [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, corpus_report]

@@ -1,12 +1,17 @@
 """End to end: the four data assets and their Great Expectations check on real Spark and Delta."""
 
+import json
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 from deltalake import DeltaTable
 
 from llm_assets.data.assets import cleaned_corpus, curated_corpus, deduped_corpus, raw_documents
 from llm_assets.data import accounting
-from llm_assets.data.checks import curated_corpus_accounting, curated_corpus_expectations
+from llm_assets.data.checks import (cleaned_corpus_expectations, curated_corpus_accounting,
+                                    curated_corpus_expectations, deduped_corpus_expectations,
+                                    raw_documents_expectations)
 from llm_assets.data.pii import EMAIL
 from resources.settings import SettingsResource
 from tests.corpus import write_corpus
@@ -16,7 +21,8 @@ TABLES = ["raw_documents", "cleaned_corpus", "deduped_corpus", "curated_corpus",
 
 def _materialize(resources):
     return dg.materialize(
-        [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, curated_corpus_expectations,
+        [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, raw_documents_expectations,
+         cleaned_corpus_expectations, deduped_corpus_expectations, curated_corpus_expectations,
          curated_corpus_accounting],
         resources=resources,
         run_config={"ops": {"raw_documents": {"config": {"max_bytes": 20_000}}}},
@@ -71,6 +77,10 @@ def test_data_stage_materializes_versions_and_commits(llmops_resources, home, tm
     checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
     gx = checks["curated_corpus_expectations"]
     assert gx.passed and gx.metadata["rows"].value == len(curated)
+    assert all(checks[f"{t}_expectations"].passed for t in TABLES[:4])
+    saved = json.loads(Path(checks["deduped_corpus_expectations"].metadata["validation_result"].value).read_text())
+    assert saved["success"] and "expect_column_values_to_be_unique(text_hash)" in {
+        r["expectation"] for r in saved["results"]}
     books = checks["curated_corpus_accounting"]
     assert books.passed and books.metadata["rows_in"].value == len(raw) - 0  # cleaning rejected nothing here
     assert "| deduped_corpus | cleaned_corpus@0 | 14 | 9 | 5 | yes |" in books.metadata["steps"].value

@@ -15,6 +15,15 @@ from resources.tracking import TrackingResource
 from resources.versioning import LakeFSVersioning, LocalVersioning
 
 
+def spark_conf(setting: str) -> dict[str, str]:
+    """`key=value,key=value` (e.g. `spark.executor.memory=4g,spark.executor.cores=2`) as a dict."""
+    pairs = [p.strip() for p in setting.split(",") if p.strip()]
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ValueError(f"LLMOPS_SPARK_CONF: expected key=value pairs separated by commas, got {bad}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
 def build_resources(env: dict[str, str] | None = None) -> dict:
     """All resources, configured from environment variables (see README, "Settings")."""
     env = dict(os.environ if env is None else env)
@@ -34,6 +43,7 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
         "settings": SettingsResource(home=str(home), source=env.get("LLMOPS_SOURCE", ""),
                                      cache_dir=env.get("LLMOPS_CACHE", "")),
         "spark": SparkResource(master=env.get("SPARK_MASTER", "local[*]"),
+                               conf={**SparkResource().conf, **spark_conf(env.get("LLMOPS_SPARK_CONF", ""))},
                                scratch_dir=str(home / "tmp" / "spark")),
         "lakehouse": LakehouseResource(root=str(home / "lakehouse")),
         "versioning": versioning,

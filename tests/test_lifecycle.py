@@ -23,6 +23,7 @@ from tests.webui import free_port
 pytestmark = pytest.mark.slow
 
 TINY = {
+    "cleaned_corpus": {"config": {"quality_filters": "none"}},  # tests.corpus repeats paragraphs on purpose
     "tokenizer": {"config": {"vocab_size": 512}},
     "token_shards": {"config": {"seq_len": 64, "validation_fraction": 0.4}},
     "trained_checkpoint": {"config": {"max_steps": 20, "save_every": 10, "log_every": 5, "warmup_steps": 2}},

@@ -4,6 +4,7 @@ Every step appends what it rejects to the one `quarantine` table (rule and reaso
 its input table version in the Delta commit, and `curated_corpus` pins all of them in a data commit.
 """
 
+import dataclasses
 import json
 import time
 
@@ -12,13 +13,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llm_assets.artifacts import CommittedTable
-from llm_assets.data import accounting, bias, cleaning, composition, dedup, ingest, pii
+from llm_assets.data import accounting, bias, cleaning, composition, dedup, filters, ingest, pii
 from resources.lakehouse import LakehouseResource, TableVersion
 from resources.settings import SettingsResource
 from resources.spark import SparkResource
 from resources.versioning import VersioningResource
 
 QUARANTINE = "quarantine"
+INGEST_LOG = "ingest_log"
 
 
 class IngestConfig(dg.Config):
@@ -28,6 +30,8 @@ class IngestConfig(dg.Config):
     """Cap on files read from the default source (the venv's package docs), in path order."""
     max_bytes: int = ingest.MAX_BYTES
     """Larger files are quarantined as `oversized` without reading their content."""
+    full_refresh: bool = False
+    """Ignore `ingest_log`: read every file again and replace raw_documents with what is read."""
 
 
 class CleaningConfig(dg.Config):
@@ -41,6 +45,9 @@ class CleaningConfig(dg.Config):
     max_repeated_line_ratio: float = cleaning.QualityRules.max_repeated_line_ratio
     languages: list[str] = ["en"]
     """ISO 639-1 codes to keep (add `unknown` to keep unidentified text); empty keeps every language."""
+    quality_filters: str = "software_docs"
+    """Gopher/C4/FineWeb thresholds (llm_assets/data/filters.py): `paper` (the papers' values, for web
+    text), `software_docs` (loosened for markdown, rst and licenses; C4 and FineWeb off) or `none`."""
 
 
 class CurationConfig(dg.Config):
@@ -111,26 +118,53 @@ def _metadata(table: TableVersion, rules: dict[str, int], **extra) -> dict:
 @dg.asset(group_name="data", kinds={"spark", "delta"})
 def raw_documents(context: dg.AssetExecutionContext, config: IngestConfig, settings: SettingsResource,
                   spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
-    """Raw text documents from the configured source (default: the venv's own package docs)."""
+    """Raw text documents from the configured source (default: the venv's own package docs); only files
+    not in `ingest_log` (new, or changed since) are read."""
+    session = spark.session()
     label = ingest.source_label(settings.source)
-    context.log.info(f"raw_documents: reading {label}")
-    result = ingest.read_source(spark.session(), settings.source, config.max_bytes, config.max_files)
-    table, rules = _write_step(context, lakehouse, result, "raw_documents", f"ingest {label}")
-    n_bytes = lakehouse.read(spark.session(), table).agg(F.sum("n_bytes")).first()[0]
-    return dg.Output(table, metadata=_metadata(table, rules, source=label, bytes=int(n_bytes or 0)))
+    incremental = (not config.full_refresh and lakehouse.latest(INGEST_LOG) is not None
+                   and lakehouse.latest("raw_documents") is not None)
+    seen = lakehouse.read(session, INGEST_LOG) if incremental else None
+    previous = lakehouse.read(session, "raw_documents") if incremental else None
+    result = ingest.read_source(session, settings.source, config.max_bytes, config.max_files, seen=seen)
+    files = {"listed_files": result.listed_files, "new_files": result.new_files}
+    context.log.info(f"raw_documents: {label}: {result.new_files} new or changed of {result.listed_files} files")
+    if result.new_files == 0:
+        result.release()
+        table = lakehouse.latest("raw_documents")
+        return dg.Output(table, metadata=_metadata(table, {}, source=label, **files))
+    log = result.log.localCheckpoint()  # computed now: _write_step releases the cached rows it reads
+    merged = dataclasses.replace(result, kept=ingest.merge_raw(previous, result))
+    table, rules = _write_step(context, lakehouse, merged, "raw_documents", f"ingest {label}")
+    # Logged last: a run that fails before this reads the same files again next time.
+    logged = lakehouse.write(log, INGEST_LOG, f"ingest {label}", mode="append", run_id=context.run_id,
+                             asset="raw_documents")
+    n_bytes = lakehouse.read(session, table).agg(F.sum("n_bytes")).first()[0]
+    return dg.Output(table, metadata=_metadata(table, rules, source=label, bytes=int(n_bytes or 0),
+                                               ingest_log_version=logged.version, **files))
 
 
 @dg.asset(group_name="data", kinds={"spark", "delta"})
 def cleaned_corpus(context: dg.AssetExecutionContext, config: CleaningConfig, raw_documents: TableVersion,
                    spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
     """Documents with text repaired (ftfy), markup stripped, NFC, whitespace normalized; quality rules applied."""
-    rules = cleaning.QualityRules(**config.model_dump(exclude={"languages"}))
-    result = cleaning.clean_documents(lakehouse.read(spark.session(), raw_documents), rules,
-                                      languages=tuple(config.languages))
+    presets = {"paper": filters.FilterConfig(), "software_docs": filters.FilterConfig.software_docs(),
+               "none": filters.FilterConfig(c4=False, gopher_quality=False, gopher_repetition=False, fineweb=False)}
+    if config.quality_filters not in presets:
+        raise ValueError(f"CleaningConfig.quality_filters must be one of {sorted(presets)}, "
+                         f"got {config.quality_filters!r}")
+    rules = cleaning.QualityRules(**config.model_dump(exclude={"languages", "quality_filters"}))
+    cleaned = cleaning.clean_documents(lakehouse.read(spark.session(), raw_documents), rules,
+                                       languages=tuple(config.languages))
+    filtered = filters.apply_filters(cleaned.kept, presets[config.quality_filters])
+    stats = filters.drop_stats(filtered.dropped)
+    result = ingest.StepResult(filtered.kept, cleaned.rejected.unionByName(filtered.rejected),
+                               (*cleaned._cached, *filtered._cached))
     table, rejected = _write_step(context, lakehouse, result, "cleaned_corpus",
                                   f"clean raw_documents@{raw_documents.version}", source=raw_documents)
-    return dg.Output(table, metadata=_metadata(table, rejected, rows_in=raw_documents.rows,
-                                               thresholds=dg.MetadataValue.json(config.model_dump())))
+    return dg.Output(table, metadata=_metadata(
+        table, rejected, rows_in=raw_documents.rows, thresholds=dg.MetadataValue.json(config.model_dump()),
+        quality_filters=dg.MetadataValue.md(filters.drop_stats_markdown(stats))))
 
 
 @dg.asset(group_name="data", kinds={"spark", "delta"})

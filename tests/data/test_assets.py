@@ -25,7 +25,8 @@ def _materialize(resources):
          cleaned_corpus_expectations, deduped_corpus_expectations, curated_corpus_expectations,
          curated_corpus_accounting],
         resources=resources,
-        run_config={"ops": {"raw_documents": {"config": {"max_bytes": 20_000}}}},
+        run_config={"ops": {"raw_documents": {"config": {"max_bytes": 20_000}},
+                            "cleaned_corpus": {"config": {"quality_filters": "none"}}}},  # tests.corpus repeats paragraphs
     )
 
 
@@ -90,15 +91,24 @@ def test_data_stage_materializes_versions_and_commits(llmops_resources, home, tm
     unbooked = accounting.step_balances(chain, quarantine_uri=None)  # as if the quarantine were lost
     assert [b.asset for b in unbooked if not b.balanced] == ["deduped_corpus"]
 
-    second = _materialize(resources)
+    second = _materialize(resources)  # the source is unchanged: raw_documents reads no file again
     assert second.success
+    assert _meta(second, "raw_documents")["new_files"] == 0
     meta2 = _meta(second, "curated_corpus")
     assert meta2["data_commit"] != meta["data_commit"]
     commit2 = llmops_resources["versioning"].get_commit(meta2["data_commit"])
     assert commit2["parent"] == meta["data_commit"]
     assert commit2["tables"]["curated_corpus"]["delta_version"] == 1
-    assert commit2["tables"]["quarantine"]["delta_version"] == 3
-    for table in TABLES[:4]:
+    assert commit2["tables"]["raw_documents"]["delta_version"] == 0
+    assert commit2["tables"]["quarantine"]["delta_version"] == 2  # only dedup appended this time
+    for table in TABLES[1:4]:
         assert DeltaTable(str(home / "lakehouse" / table)).version() == 1
         pd.testing.assert_frame_equal(_read(home, table, version=0), tables[table])
-    assert len(_read(home, "quarantine")) == 2 * len(quarantine)  # appended, not replaced
+    dedup_rows = len(quarantine[quarantine["asset"] == "deduped_corpus"])
+    assert len(_read(home, "quarantine")) == len(quarantine) + dedup_rows  # appended, not replaced
+
+    (source / "new.md").write_text("# New\n\n" + "A fresh page about how the gateway batches requests. " * 6)
+    third = _materialize(resources)
+    raw3 = _meta(third, "raw_documents")
+    assert (raw3["new_files"], raw3["rows"]) == (1, len(raw) + 1)
+    assert (home / "lakehouse" / "ingest_log").exists()

@@ -77,10 +77,11 @@ class DagsterDev:
             time.sleep(1)
         raise TimeoutError(f"dagster dev did not answer on {self.url} within {timeout_s} s")
 
-    def materialize(self, *asset_names: str) -> str:
-        """Launch a run of these assets, as the UI's Materialize button does; returns the run id."""
+    def materialize(self, *asset_names: str, run_config: dict | None = None) -> str:
+        """Launch a run of these assets, as the UI's Materialize button (or its launchpad, with
+        `run_config`) does; returns the run id."""
         params = {
-            "mode": "default", "runConfigData": {}, "executionMetadata": {"tags": []},
+            "mode": "default", "runConfigData": run_config or {}, "executionMetadata": {"tags": []},
             "selector": {"repositoryLocationName": self.location, "repositoryName": self.repository,
                          "pipelineName": "__ASSET_JOB",
                          "assetSelection": [{"path": [name]} for name in asset_names]},

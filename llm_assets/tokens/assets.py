@@ -7,6 +7,26 @@ from llm_assets.tokens import shards, tokenizer as bpe
 from resources.lakehouse import LakehouseResource
 from resources.settings import SettingsResource
 from resources.spark import SparkResource
+from resources.versioning import VersioningResource
+
+DATA_REF_TAG = "llmops/data_ref"
+"""A run tag naming a data commit, tag or branch: the run tokenizes that version of the curated corpus."""
+
+
+def corpus_for_run(context: dg.AssetExecutionContext, curated_corpus: CommittedTable,
+                   versioning: VersioningResource) -> CommittedTable:
+    """The curated corpus of the data commit the run's `llmops/data_ref` tag names, else the newest one."""
+    ref = context.run.tags.get(DATA_REF_TAG)
+    if not ref:
+        return curated_corpus
+    commit = versioning.resolve(ref)
+    pinned = versioning.checkout(commit)
+    if "curated_corpus" not in pinned:
+        raise ValueError(f"run tag {DATA_REF_TAG}={ref!r}: data commit {commit} pins no curated_corpus "
+                         f"(it pins {sorted(pinned)})")
+    context.log.info(f"{DATA_REF_TAG}={ref}: using curated_corpus@{pinned['curated_corpus'].version} "
+                     f"of data commit {commit}")
+    return CommittedTable(table=pinned["curated_corpus"], commit_id=commit)
 
 
 class TokenizerConfig(dg.Config):
@@ -36,9 +56,10 @@ class ShardConfig(dg.Config):
 
 @dg.asset(group_name="tokens", kinds={"spark", "huggingface"})
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curated_corpus: CommittedTable,
-              settings: SettingsResource, spark: SparkResource,
-              lakehouse: LakehouseResource) -> dg.Output[TokenizerArtifact]:
+              settings: SettingsResource, spark: SparkResource, lakehouse: LakehouseResource,
+              versioning: VersioningResource) -> dg.Output[TokenizerArtifact]:
     """Byte-level BPE tokenizer trained on the curated corpus, with a chat template."""
+    curated_corpus = corpus_for_run(context, curated_corpus, versioning)
     if len(config.special_tokens) < 2:
         raise ValueError("TokenizerConfig.special_tokens needs at least EOS and PAD, e.g. ['<|endoftext|>', '<|pad|>']")
     docs = lakehouse.read(spark.session(), curated_corpus.table)
@@ -74,8 +95,9 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curate
 @dg.asset(group_name="tokens", kinds={"spark", "numpy"})
 def token_shards(context: dg.AssetExecutionContext, config: ShardConfig, curated_corpus: CommittedTable,
                  tokenizer: TokenizerArtifact, settings: SettingsResource, spark: SparkResource,
-                 lakehouse: LakehouseResource) -> dg.Output[ShardSet]:
+                 lakehouse: LakehouseResource, versioning: VersioningResource) -> dg.Output[ShardSet]:
     """The corpus tokenized, packed into fixed-length sequences and written as checksummed shards."""
+    curated_corpus = corpus_for_run(context, curated_corpus, versioning)
     docs = lakehouse.read(spark.session(), curated_corpus.table)
     out_dir = settings.dir("shards") / f"{curated_corpus.commit_id}-{tokenizer.sha256[:8]}"
     result = shards.build_shards(

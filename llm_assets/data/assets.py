@@ -180,6 +180,8 @@ def deduped_corpus(context: dg.AssetExecutionContext, config: DedupConfig, clean
     return dg.Output(table, metadata=_metadata(
         table, rejected, rows_in=cleaned_corpus.rows, exact_removed=rejected.get("exact_duplicate", 0),
         near_removed=rejected.get("near_duplicate", 0), clusters=result.clusters,
+        largest_cluster=max(result.cluster_sizes, default=1),
+        cluster_sizes=dg.MetadataValue.md(dedup.cluster_sizes_markdown(result.cluster_sizes)),
         minhash=dg.MetadataValue.json({**config.model_dump(), "num_perm": params.num_perm})))
 
 

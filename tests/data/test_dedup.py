@@ -1,6 +1,7 @@
 """Dedup: exact and near duplicates removed with the kept id, similar-but-distinct documents kept,
 and the same documents kept however the input is partitioned."""
 
+import hashlib
 import json
 import os
 import random
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from pyspark.sql import functions as F
 
 from llm_assets.data import dedup
 from llm_assets.data.dedup import MinHashParams
@@ -119,3 +121,80 @@ def test_signatures_are_the_same_in_another_process():
     out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, env=env, check=True)
     assert json.loads(out.stdout) == here
     assert dedup.normalize_for_hash("  Hello \n  World ") == "hello world"
+
+
+def test_spark_text_hash_is_sha256_of_normalize_for_hash(spark):
+    texts = ["Hello World", "\tHello  \r\nWORLD\n", " hello world ", "a\r\nb\r\n", ""]
+    got = [r[0] for r in spark.createDataFrame([(t,) for t in texts], "text string")
+           .select(dedup.text_hash(F.col("text"))).collect()]
+    assert got == [hashlib.sha256(dedup.normalize_for_hash(t).encode()).hexdigest() for t in texts]
+    assert len(set(got[:3])) == 1
+
+
+def test_cluster_sizes_count_each_kept_doc_with_its_exact_and_near_copies(runs):
+    _, by_partitions = runs
+    for result, kept, _ in by_partitions.values():
+        # {a, a_exact} -> 2, {b, b_near1, b_near2} -> 3, c, c_similar, d alone
+        assert result.cluster_sizes == {1: 3, 2: 1, 3: 1}
+        assert sum(s * n for s, n in result.cluster_sizes.items()) == 8
+        assert sum(result.cluster_sizes.values()) == len(kept)
+
+
+def test_cluster_sizes_markdown_bins_large_clusters():
+    table = dedup.cluster_sizes_markdown({1: 3, 2: 1, 3: 1, 5: 2, 8: 1, 9: 1})
+    assert table.splitlines() == [
+        "| cluster size | clusters | documents | share of documents |", "|---|---:|---:|---:|",
+        "| 1 | 3 | 3 | 8.6% |", "| 2 | 1 | 2 | 5.7% |", "| 3 | 1 | 3 | 8.6% |",
+        "| 5-8 | 3 | 18 | 51.4% |", "| 9-16 | 1 | 9 | 25.7% |"]
+
+
+HEADER = "Home > Articles > Latest | posted by the editorial team"
+FOOTER = "Copyright 2024 Northwind Media. All rights reserved."
+
+
+def _boilerplate_docs(spark):
+    rows = [
+        ("p1", f"{HEADER}\nThe river bridge opened in spring.\n{FOOTER}"),
+        ("p2", "  home >  ARTICLES > latest | posted by the editorial team \n"
+               f"A comet crossed the sky.\nMenu\n{FOOTER}\n"),
+        ("p3", f"Menu\n{HEADER}\nThe bakery sells rye bread.\nMenu"),
+        ("p4", f"{FOOTER}\nOnly a footer here: the {HEADER} line is quoted, not alone."),
+        ("p5", f"{HEADER}\n{FOOTER}"),
+        ("p6", None),
+    ]
+    data = [(d, f"file:///{d}.txt", t, len(t) if t else 0, len(t.split()) if t else 0) for d, t in rows]
+    return spark.createDataFrame(data, "doc_id string, source string, text string, n_chars long, n_words long")
+
+
+def test_boilerplate_lines_removed_from_every_document_that_repeats_them(spark):
+    docs = _boilerplate_docs(spark)
+    result = dedup.remove_boilerplate_lines(docs, min_documents=3, min_chars=10)
+    out = {r["doc_id"]: r.asDict() for r in result.docs.collect()}
+    result.release()
+
+    assert out["p1"]["text"] == "The river bridge opened in spring."
+    assert out["p2"]["text"] == "A comet crossed the sky.\nMenu\n"       # case and spacing normalized, last \n kept
+    assert out["p3"]["text"] == "Menu\nThe bakery sells rye bread.\nMenu"  # "Menu" is shorter than min_chars
+    assert out["p4"]["text"].startswith("Only a footer here")              # the header inside a line stays
+    assert out["p5"]["text"] == "" and out["p5"]["n_words"] == 0           # nothing but boilerplate
+    assert out["p6"]["text"] is None
+    assert out["p1"]["n_chars"] == len(out["p1"]["text"]) and out["p1"]["n_words"] == 6
+    assert list(result.docs.columns) == list(docs.columns)
+
+    assert result.lines == 2 and result.docs_changed == 5
+    assert result.top_lines == [(FOOTER.lower(), 4), (" ".join(HEADER.lower().split()), 4)]
+    assert result.lines_removed == 4 + 4                                  # header in p1 p2 p3 p5, footer in p1 p2 p4 p5
+    before = {r["doc_id"]: r["text"] or "" for r in docs.collect()}
+    assert result.chars_removed == sum(len(before[d]) - len(out[d]["text"] or "") for d in before)
+
+
+def test_boilerplate_removal_is_the_same_on_any_partitioning(spark):
+    docs = _boilerplate_docs(spark)
+    texts = []
+    for partitions in (1, 3):
+        result = dedup.remove_boilerplate_lines(docs.repartition(partitions), min_documents=3)
+        texts.append(sorted((r["doc_id"], r["text"] or "") for r in result.docs.collect()))
+        counts = (result.lines, result.lines_removed, result.chars_removed, result.docs_changed)
+        texts.append(counts)
+        result.release()
+    assert texts[0] == texts[2] and texts[1] == texts[3]

@@ -76,6 +76,8 @@ class DedupConfig(dg.Config):
     seed: int = dedup.MinHashParams.seed
     max_iterations: int = 50
     """Rounds of label propagation allowed for the connected components."""
+    boilerplate_min_documents: int = 0
+    """Remove lines (normalized, 10+ chars) found in at least this many documents before dedup; 0: off."""
 
 
 # ---------------------------------------------------------------- table bookkeeping
@@ -171,16 +173,27 @@ def cleaned_corpus(context: dg.AssetExecutionContext, config: CleaningConfig, ra
 def deduped_corpus(context: dg.AssetExecutionContext, config: DedupConfig, cleaned_corpus: TableVersion,
                    spark: SparkResource, lakehouse: LakehouseResource) -> dg.Output[TableVersion]:
     """The cleaned corpus with exact and near-duplicates (MinHash LSH, connected components) removed."""
-    params = dedup.MinHashParams(**config.model_dump(exclude={"max_iterations"}))
-    result = dedup.deduplicate(lakehouse.read(spark.session(), cleaned_corpus), params, config.max_iterations)
-    table, rejected = _write_step(context, lakehouse, result, "deduped_corpus",
-                                  f"dedup cleaned_corpus@{cleaned_corpus.version}", source=cleaned_corpus)
+    params = dedup.MinHashParams(**config.model_dump(exclude={"max_iterations", "boilerplate_min_documents"}))
+    docs = lakehouse.read(spark.session(), cleaned_corpus)
+    boilerplate = {}
+    if config.boilerplate_min_documents:
+        stripped = dedup.remove_boilerplate_lines(docs, min_documents=config.boilerplate_min_documents)
+        docs = stripped.docs
+        boilerplate = {"boilerplate_lines_removed": stripped.lines_removed,
+                       "boilerplate_chars_removed": stripped.chars_removed}
+    result = dedup.deduplicate(docs, params, config.max_iterations)
+    try:
+        table, rejected = _write_step(context, lakehouse, result, "deduped_corpus",
+                                      f"dedup cleaned_corpus@{cleaned_corpus.version}", source=cleaned_corpus)
+    finally:
+        if config.boilerplate_min_documents:
+            stripped.release()
     context.log.info(f"deduped_corpus: {result.clusters} near-duplicate clusters "
                      f"({result.iterations} label propagation rounds)")
     return dg.Output(table, metadata=_metadata(
         table, rejected, rows_in=cleaned_corpus.rows, exact_removed=rejected.get("exact_duplicate", 0),
         near_removed=rejected.get("near_duplicate", 0), clusters=result.clusters,
-        largest_cluster=max(result.cluster_sizes, default=1),
+        largest_cluster=max(result.cluster_sizes, default=1), **boilerplate,
         cluster_sizes=dg.MetadataValue.md(dedup.cluster_sizes_markdown(result.cluster_sizes)),
         minhash=dg.MetadataValue.json({**config.model_dump(), "num_perm": params.num_perm})))
 

@@ -21,6 +21,8 @@ from resources.versioning import VersioningResource
 
 QUARANTINE = "quarantine"
 INGEST_LOG = "ingest_log"
+CURATED_CHECKS = ("curated_corpus_expectations", "curated_corpus_accounting")
+"""The checks (checks.py) a data branch must pass before merged_data_commit merges it."""
 
 
 class IngestConfig(dg.Config):
@@ -64,6 +66,13 @@ class CorpusReportConfig(dg.Config):
     """Demographic groups and their terms, counted as whole words."""
     toxicity_sample: int = 500
     toxicity_threshold: float = 0.5
+
+
+class MergeConfig(dg.Config):
+    """Used by: merged_data_commit."""
+
+    into_branch: str = "main"
+    """The branch a data commit made on another branch (LLMOPS_DATA_BRANCH) is merged into."""
 
 
 class DedupConfig(dg.Config):
@@ -270,4 +279,28 @@ def corpus_report(context: dg.AssetExecutionContext, config: CorpusReportConfig,
     })
 
 
-data_assets = [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, corpus_report]
+@dg.asset(group_name="data", kinds={"delta"})
+def merged_data_commit(context: dg.AssetExecutionContext, config: MergeConfig, curated_corpus: CommittedTable,
+                       versioning: VersioningResource) -> dg.MaterializeResult:
+    """The data branch merged into `into_branch`, only when every check on curated_corpus passed in this run."""
+    source = versioning.branch
+    if source == config.into_branch:
+        return dg.MaterializeResult(metadata={"data_commit": curated_corpus.commit_id, "merged": False,
+                                              "reason": f"committed on {source} directly"})
+    outcomes = {}
+    for name in CURATED_CHECKS:
+        key = dg.AssetCheckKey(dg.AssetKey("curated_corpus"), name)
+        record = context.instance.get_latest_asset_check_evaluation_record(key)
+        ran_here = record is not None and record.run_id == context.run_id and record.evaluation is not None
+        outcomes[name] = bool(ran_here and record.evaluation.passed)
+    passed = bool(outcomes) and all(outcomes.values())
+    head = versioning.merge(source, config.into_branch, checks_passed=passed,
+                            message=f"merge {source} ({curated_corpus.commit_id}) into {config.into_branch}",
+                            metadata={"run_id": context.run_id})
+    context.log.info(f"merged data branch {source} into {config.into_branch}: head {head}; checks {outcomes}")
+    return dg.MaterializeResult(metadata={"data_commit": curated_corpus.commit_id, "merged": True,
+                                          "into_branch": config.into_branch, "head": head,
+                                          "checks": dg.MetadataValue.json(outcomes)})
+
+
+data_assets = [raw_documents, cleaned_corpus, deduped_corpus, curated_corpus, corpus_report, merged_data_commit]

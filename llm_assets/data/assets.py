@@ -21,6 +21,7 @@ from resources.versioning import VersioningResource
 
 QUARANTINE = "quarantine"
 INGEST_LOG = "ingest_log"
+MAIN_BRANCH = "main"
 CURATED_CHECKS = ("curated_corpus_expectations", "curated_corpus_accounting")
 """The checks (checks.py) a data branch must pass before merged_data_commit merges it."""
 
@@ -222,6 +223,9 @@ def curated_corpus(context: dg.AssetExecutionContext, config: CurationConfig, de
     tables = accounting.lineage(lakehouse, table)[::-1]
     if (quarantine := lakehouse.latest(QUARANTINE)) is not None:
         tables.append(quarantine)
+    branches = versioning.list_branches()
+    if versioning.branch not in branches and MAIN_BRANCH in branches:
+        versioning.create_branch(versioning.branch, MAIN_BRANCH)  # a new data branch forks from main
     commit_id = versioning.commit(tables, f"curated corpus from {deduped_corpus.name}@{deduped_corpus.version}",
                                   {"run_id": context.run_id})
     context.log.info(f"curated_corpus: {table.rows:,} documents, PII replaced {totals}, data commit {commit_id} "

@@ -24,7 +24,6 @@ def test_checks_gate_the_merge_of_an_experiment_branch(llmops_resources, home, t
         assert dg.materialize(ASSETS, resources=resources, instance=instance,
                               run_config={"ops": NO_FILTERS}).success
         main_head = main.head("main")
-        main.create_branch("experiment", "main")
         experiment = LocalVersioning(root=main.root, branch="experiment")
         on_branch = {**resources, "versioning": experiment}
 
@@ -33,6 +32,7 @@ def test_checks_gate_the_merge_of_an_experiment_branch(llmops_resources, home, t
                                 raise_on_error=False)
         assert not failed.asset_materializations_for_node("merged_data_commit")  # blocked by the failed check
         assert main.head("main") == main_head and experiment.head() != main_head
+        assert experiment.get_commit(experiment.head())["parent"] == main_head  # forked from main
 
         merged = dg.materialize(ASSETS, resources=on_branch, instance=instance, run_config={"ops": NO_FILTERS})
         (event,) = merged.asset_materializations_for_node("merged_data_commit")

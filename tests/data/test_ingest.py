@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from llm_assets.data import ingest
+from llm_assets.data import ingest, licenses
 from resources.lakehouse import LakehouseResource
 
 WORDS = "Spark reads every file of the source and decodes its bytes as UTF-8 text. "
@@ -165,7 +165,7 @@ def test_default_source_is_package_docs_in_a_fixed_order():
     names = {Path(f).name for f in ingest.default_source_files(max_files=5000)}
     assert "METADATA" in names and any(n.startswith("LICENSE") for n in names)
     assert not names & {"top_level.txt", "entry_points.txt", "RECORD"}
-    licensed = ingest.file_licenses(ingest.default_source_files(max_files=5000), sysconfig.get_paths()["purelib"])
+    licensed = licenses.file_licenses(ingest.default_source_files(max_files=5000), sysconfig.get_paths()["purelib"])
     assert any(uri.endswith(".dist-info/METADATA") for uri in licensed)
 
 
@@ -493,7 +493,7 @@ def test_oversized_files_are_quarantined_without_being_read(spark, tmp_path):
     ("Name: a\nSummary: says nothing\n\nLicense: MIT, but in the description\n", None),
 ])
 def test_metadata_license(metadata, expected):
-    assert ingest.metadata_license(metadata) == expected
+    assert licenses.metadata_license(metadata) == expected
 
 
 def _site_packages(root: Path) -> Path:
@@ -524,8 +524,8 @@ def _site_packages(root: Path) -> Path:
 def test_package_docs_carry_their_distributions_license(spark, tmp_path):
     site = _site_packages(tmp_path / "site-packages")
     files = sorted(str(p) for p in site.rglob("*") if p.is_file() and p.name not in ("RECORD", "top_level.txt"))
-    licenses = ingest.file_licenses(files, str(site))
-    by_name = {uri.removeprefix(f"file://{site}/"): lic for uri, lic in licenses.items()}
+    found = licenses.file_licenses(files, str(site))
+    by_name = {uri.removeprefix(f"file://{site}/"): lic for uri, lic in found.items()}
     assert by_name == {
         "alpha/README.md": "MIT", "alpha-1.0.dist-info/licenses/LICENSE": "MIT", "alpha-1.0.dist-info/METADATA": "MIT",
         "beta/docs/guide.rst": "BSD License", "beta-2.0.dist-info/METADATA": "BSD License",
@@ -535,10 +535,10 @@ def test_package_docs_carry_their_distributions_license(spark, tmp_path):
     }  # ns/NOTES.txt has two owners, orphan/ none, gamma declares none
 
     result = ingest.read_files(spark, spark.read.format("binaryFile").load(files), ingest.source_roots(str(site)),
-                               licenses=licenses)
+                               licenses=found)
     kept, _ = _collect(result)
     assert dict(zip(kept["source_file"], kept["license"].where(kept["license"].notna(), None))) == {
-        f"file://{p}": licenses.get(f"file://{p}") for p in files}
+        f"file://{p}": found.get(f"file://{p}") for p in files}
 
 
 def test_seen_must_be_an_ingest_log(spark, tmp_path):

@@ -77,7 +77,6 @@ class LakehouseResource(dg.ConfigurableResource):
             AddAction(f"{batch}/{f.name}", f.stat().st_size, {}, now_ms, True, _file_stats(f))
             for f in files
         ]
-        rows = sum(pq.read_metadata(f).num_rows for f in files)
         props = CommitProperties(custom_metadata={"message": message, **commit_info})
         if (table_dir / "_delta_log").exists():
             dt = DeltaTable(str(table_dir))

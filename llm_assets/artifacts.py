@@ -25,6 +25,7 @@ class TokenizerArtifact:
     path: str
     sha256: str
     vocab_size: int
+    eos_token: str = "<|endoftext|>"
 
 
 @dataclass(frozen=True)

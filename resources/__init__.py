@@ -12,6 +12,7 @@ from resources.serving import ServingResource
 from resources.settings import SettingsResource, home_from_env
 from resources.spark import SparkResource
 from resources.tracking import TrackingResource
+from resources.training import TrainingNodesResource
 from resources.versioning import LakeFSVersioning, LocalVersioning
 
 
@@ -57,6 +58,11 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
             host=env.get("LLMOPS_HOST", "127.0.0.1"),
             gateway_port=int(env.get("LLMOPS_GATEWAY_PORT", "8000")),
             api_key=env.get("LLMOPS_API_KEY", ""),
+        ),
+        "training_nodes": TrainingNodesResource(
+            nnodes=int(env.get("LLMOPS_TRAIN_NNODES", "1")),
+            node_rank=int(env.get("LLMOPS_TRAIN_NODE_RANK", "0")),
+            rdzv_endpoint=env.get("LLMOPS_TRAIN_RDZV_ENDPOINT", ""),
         ),
         "io_manager": dg.FilesystemIOManager(base_dir=str(home / "dagster" / "storage")),
     }

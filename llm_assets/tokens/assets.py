@@ -30,7 +30,10 @@ def corpus_for_run(context: dg.AssetExecutionContext, curated_corpus: CommittedT
 
 
 class TokenizerConfig(dg.Config):
-    """Used by: tokenizer."""
+    """Used by: tokenizer. Trains a byte-level BPE on the corpus, unless `local_path` names one to load."""
+
+    local_path: str = ""
+    """A Hugging Face tokenizer (or model) directory to use as is, e.g. the base model's for fine-tuning."""
 
     vocab_size: int = 4096
     min_frequency: int = 2
@@ -58,7 +61,14 @@ class ShardConfig(dg.Config):
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curated_corpus: CommittedTable,
               settings: SettingsResource, spark: SparkResource, lakehouse: LakehouseResource,
               versioning: VersioningResource) -> dg.Output[TokenizerArtifact]:
-    """Byte-level BPE tokenizer trained on the curated corpus, with a chat template."""
+    """Byte-level BPE tokenizer trained on the curated corpus (with a chat template), or loaded from a directory."""
+    if config.local_path:
+        path, sha, eos = bpe.import_hf_tokenizer(config.local_path, settings.dir("tokenizers"))
+        vocab = bpe.load_tokenizer(path).get_vocab_size(with_added_tokens=True)
+        context.log.info(f"loaded tokenizer {config.local_path} (vocab {vocab}, eos {eos!r}) -> {path}")
+        return dg.Output(TokenizerArtifact(path=str(path), sha256=sha, vocab_size=vocab, eos_token=eos), metadata={
+            "tokenizer_dir": dg.MetadataValue.path(str(path)), "sha256": sha, "vocab_size": vocab,
+            "loaded_from": dg.MetadataValue.path(config.local_path), "eos_token": eos})
     curated_corpus = corpus_for_run(context, curated_corpus, versioning)
     if len(config.special_tokens) < 2:
         raise ValueError("TokenizerConfig.special_tokens needs at least EOS and PAD, e.g. ['<|endoftext|>', '<|pad|>']")
@@ -80,7 +90,8 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerConfig, curate
                                       model_max_length=config.model_max_length)
     context.log.info(f"trained BPE on {counted['docs']} documents ({counted['chars']} chars): "
                      f"vocab {tok.get_vocab_size()} -> {path}")
-    artifact = TokenizerArtifact(path=str(path), sha256=sha, vocab_size=tok.get_vocab_size())
+    artifact = TokenizerArtifact(path=str(path), sha256=sha, vocab_size=tok.get_vocab_size(),
+                                 eos_token=config.special_tokens[0])
     return dg.Output(artifact, metadata={
         "tokenizer_dir": dg.MetadataValue.path(str(path)),
         "sha256": sha,
@@ -103,7 +114,7 @@ def token_shards(context: dg.AssetExecutionContext, config: ShardConfig, curated
     result = shards.build_shards(
         docs, tokenizer.path, out_dir, data_commit=curated_corpus.commit_id, seq_len=config.seq_len,
         sequences_per_shard=config.sequences_per_shard, validation_fraction=config.validation_fraction,
-        seed=config.seed,
+        seed=config.seed, eos_token=tokenizer.eos_token,
     )
     m = result.manifest
     tokens = {s: sum(e["tokens"] for e in m["splits"][s]) for s in shards.SPLITS}

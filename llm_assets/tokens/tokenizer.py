@@ -100,6 +100,36 @@ def save_hf_tokenizer(tok: Tokenizer, root: str | Path, eos_token: str = EOS_TOK
         raise
 
 
+def import_hf_tokenizer(source: str | Path, root: str | Path) -> tuple[Path, str, str]:
+    """Copy the tokenizer files of a Hugging Face directory (e.g. a base model's) to `<root>/<sha256>/`.
+
+    Returns the directory, the sha256 of its tokenizer.json, and its EOS token (from
+    tokenizer_config.json), which packs documents in the shards.
+    """
+    source = Path(source).expanduser()
+    if not (source / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"tokenizer local_path {str(source)!r} has no tokenizer.json "
+                                "(expected a Hugging Face tokenizer or model directory)")
+    config_path = source / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    eos = config.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    if not eos:
+        raise ValueError(f"{config_path} names no eos_token: the shards need one to separate documents")
+    if load_tokenizer(source).token_to_id(eos) is None:
+        raise ValueError(f"eos_token {eos!r} of {config_path} is not in {source / 'tokenizer.json'}")
+    sha = file_sha256(source / "tokenizer.json")
+    final = Path(root) / sha
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        tmp.rename(final)
+    return final, sha, eos
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The raw `tokenizers.Tokenizer` of a tokenizer directory (or of a tokenizer.json file)."""
     p = Path(path)

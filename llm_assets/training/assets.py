@@ -11,6 +11,7 @@ from llm_assets.artifacts import BaseModelChoice, ExportedModel, ShardSet, Token
 from llm_assets.training import catalog, export, launcher, tracking_utils
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
+from resources.training import TrainingNodesResource
 
 
 class CatalogConfig(dg.Config):
@@ -33,10 +34,26 @@ class BaseModelConfig(dg.Config):
 
 
 class TrainingConfig(dg.Config):
-    """Used by: trained_checkpoint. Defaults train tiny-gpt2 in about two minutes on 2 cores (loss ~4.8)."""
+    """Used by: trained_checkpoint. Defaults train tiny-gpt2 in about two minutes on 2 cores (loss ~4.8).
+
+    Pre-training or fine-tuning follows base_model: a catalog model built from its config trains from
+    scratch; a local_path model is fine-tuned, in full or (method="lora") through LoRA adapters.
+    """
 
     nproc: int = 2
+    """Processes per node (the node topology comes from the training_nodes resource)."""
+    method: str = "full"
+    """"full" or "lora" (peft adapters on a frozen local_path base; merged into the exported model)."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = []
+    """Empty: peft's default modules for the model type."""
+    precision: str = "fp32"
+    """"bf16" where the device has it; "fp16" on GPUs only."""
+    activation_checkpointing: bool = False
     zero_stage: int = 2
+    """0, 1, 2 or 3."""
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
     max_steps: int = 1000
@@ -110,7 +127,7 @@ def _train(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig, ckpt_
     env = launcher.training_env(
         torch_extensions_dir=settings.cache("torch_extensions"), tmp_dir=settings.dir("tmp", "training"),
         cache_dir=settings.cache("xdg"), tracking_uri=tracking.tracking_uri)
-    cmd = launcher.torchrun_command(config_path, run_cfg.nproc)
+    cmd = launcher.command_for(run_cfg, config_path)
     context.log.info(f"launching {' '.join(cmd)}")
     try:
         launcher.run(cmd, env, on_line=context.log.info)
@@ -127,8 +144,9 @@ def _train(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig, ckpt_
 @dg.asset(group_name="training", kinds={"deepspeed", "pytorch", "mlflow"})
 def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, token_shards: ShardSet,
                        base_model: BaseModelChoice, tokenizer: TokenizerArtifact,
-                       settings: SettingsResource, tracking: TrackingResource) -> dg.Output[TrainedCheckpoint]:
-    """The base model trained on the token shards with DeepSpeed ZeRO under torchrun (resumable)."""
+                       settings: SettingsResource, tracking: TrackingResource,
+                       training_nodes: TrainingNodesResource) -> dg.Output[TrainedCheckpoint]:
+    """The base model trained (from scratch, fine-tuned or LoRA) on the token shards with DeepSpeed under torchrun."""
     run_name = _run_name(base_model, token_shards, config)
     ckpt_dir = settings.path("checkpoints", run_name)
     if not config.resume and ckpt_dir.exists():
@@ -138,6 +156,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
     run_cfg = launcher.RunConfig(
         run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=token_shards.path,
         tokenizer_dir=tokenizer.path, model=model, mlflow_tracking_uri=tracking.tracking_uri,
+        nnodes=training_nodes.nnodes, node_rank=training_nodes.node_rank, rdzv_endpoint=training_nodes.rdzv_endpoint,
         **config.model_dump(exclude={"resume"}))
     launcher.validate(run_cfg)  # bad settings and corrupt shards fail here, before torchrun starts
 
@@ -165,6 +184,8 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         "tokens_seen": result["tokens_seen"],
         "tokens_per_s": result["tokens_per_s"] or 0.0,
         "parameters": result["parameters"],
+        "trainable_parameters": result.get("trainable_parameters", result["parameters"]),
+        "method": config.method,
         "mlflow_run_id": run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.run_url(run_id)),
         "checkpoint_dir": dg.MetadataValue.path(str(ckpt_dir)),

@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZERO_STAGES = (0, 1, 2, 3)
+METHODS = ("full", "lora")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -36,6 +38,21 @@ class RunConfig:
     model: dict = field(default_factory=dict)
     """Catalog entry: {name, model_type, config} to build from scratch, or {name, local_path} to fine-tune."""
     nproc: int = 2
+    """Processes per node."""
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
+    """host:port of the rendezvous (node 0) when nnodes > 1."""
+    method: str = "full"
+    """"full": train every weight; "lora": train LoRA adapters (peft) on a frozen base."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=list)
+    """Empty: peft's default modules for the model type (c_attn for GPT-2, q_proj/v_proj for Llama)."""
+    precision: str = "fp32"
+    """"bf16" where the device has it (CPUs with AVX-512 BF16 / AMX, GPUs); "fp16" on GPUs only."""
+    activation_checkpointing: bool = False
     zero_stage: int = 2
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
@@ -113,6 +130,15 @@ def validate(cfg: RunConfig, cpus: int | None = None, verify_shards: bool = True
                          f"each gloo process needs its own core (set nproc <= {cpus})")
     if cfg.zero_stage not in ZERO_STAGES:
         raise ValueError(f"zero_stage={cfg.zero_stage} is not a DeepSpeed ZeRO stage; use one of {list(ZERO_STAGES)}")
+    _validate_topology(cfg)
+    if cfg.method not in METHODS:
+        raise ValueError(f"method={cfg.method!r} is not a training method; use one of {list(METHODS)}")
+    if cfg.method == "lora" and not cfg.model.get("local_path"):
+        raise ValueError("method='lora' trains adapters on a pretrained base: set base_model's local_path to a "
+                         "Hugging Face model directory (or use method='full' to train from scratch)")
+    if cfg.method == "lora" and cfg.lora_r < 1:
+        raise ValueError(f"lora_r={cfg.lora_r} must be at least 1")
+    _validate_precision(cfg.precision)
     for name in ("micro_batch_size", "grad_accum_steps", "max_steps", "save_every", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}={getattr(cfg, name)} must be at least 1")
@@ -131,6 +157,8 @@ def validate(cfg: RunConfig, cpus: int | None = None, verify_shards: bool = True
     tok_file = Path(cfg.tokenizer_dir) / "tokenizer.json"
     if not tok_file.exists():
         raise FileNotFoundError(f"tokenizer_dir {cfg.tokenizer_dir!r} has no tokenizer.json")
+    if local_path:
+        _validate_vocabulary(tok_file, Path(local_path) / "config.json")
     manifest = read_manifest(cfg.shard_dir)
     tok_sha = file_sha256(tok_file)
     if manifest["tokenizer_sha256"] != tok_sha:
@@ -146,23 +174,75 @@ def validate(cfg: RunConfig, cpus: int | None = None, verify_shards: bool = True
     return manifest
 
 
-def torchrun_command(config_path: str | Path, nproc: int) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m llm_assets.training.worker --config run.json`."""
+def _validate_topology(cfg: RunConfig) -> None:
+    if cfg.nnodes < 1:
+        raise ValueError(f"nnodes={cfg.nnodes} must be at least 1")
+    if not 0 <= cfg.node_rank < cfg.nnodes:
+        raise ValueError(f"node_rank={cfg.node_rank} must be in [0, nnodes={cfg.nnodes})")
+    if cfg.nnodes > 1:
+        host, _, port = cfg.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"rdzv_endpoint={cfg.rdzv_endpoint!r}: nnodes={cfg.nnodes} needs the host:port "
+                             "of node 0's rendezvous (e.g. 10.0.0.1:29400)")
+
+
+def _validate_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "fp32":
+        return
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("precision='fp16' needs a GPU (DeepSpeed's loss scaler); use 'bf16' or 'fp32' on CPU")
+    if precision == "bf16" and not torch.cuda.is_available() and not torch.backends.mkldnn.is_available():
+        raise ValueError("precision='bf16': this CPU build of torch has no oneDNN bf16 kernels; use 'fp32'")
+
+
+def _validate_vocabulary(tok_file: Path, model_config: Path) -> None:
+    """The tokenizer's ids must index the base model's embedding table."""
+    from tokenizers import Tokenizer
+
+    tok_vocab = Tokenizer.from_file(str(tok_file)).get_vocab_size(with_added_tokens=True)
+    model_vocab = json.loads(model_config.read_text()).get("vocab_size")
+    if model_vocab is not None and tok_vocab > model_vocab:
+        raise ValueError(f"tokenizer {tok_file} has {tok_vocab} tokens but base model {model_config} has "
+                         f"vocab_size={model_vocab}: its ids would index past the embedding table; tokenize "
+                         "with the base model's own tokenizer (tokenizer config local_path)")
+
+
+def torchrun_command(config_path: str | Path, nproc: int, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str = "", run_id: str = "llmops") -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m llm_assets.training.worker --config run.json`, or with
+    `--nnodes M --node_rank R --rdzv_backend c10d --rdzv_endpoint host:port` across nodes."""
     torchrun = Path(sys.executable).with_name("torchrun")
     # The torchrun beside this interpreter, so the workers run in the same venv whatever PATH says.
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    return [*launcher, "--standalone", "--nproc_per_node", str(nproc),
+    if nnodes == 1 and not rdzv_endpoint:
+        topology = ["--standalone"]
+    else:
+        topology = ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "c10d",
+                    "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", run_id]
+    return [*launcher, *topology, "--nproc_per_node", str(nproc),
             "-m", "llm_assets.training.worker", "--config", str(config_path)]
+
+
+def command_for(cfg: RunConfig, config_path: str | Path) -> list[str]:
+    """The torchrun command line that launches `cfg` on this node."""
+    return torchrun_command(config_path, cfg.nproc, cfg.nnodes, cfg.node_rank, cfg.rdzv_endpoint, cfg.run_name)
 
 
 def training_env(*, torch_extensions_dir: str | Path, tmp_dir: str | Path, cache_dir: str | Path,
                  tracking_uri: str = "", base: dict[str, str] | None = None) -> dict[str, str]:
-    """The workers' environment: DeepSpeed on CPU, scratch kept inside the llmops home/cache."""
+    """The workers' environment: DeepSpeed on CPU unless there is a GPU, scratch inside the llmops home/cache."""
     env = dict(os.environ if base is None else base)
     for d in (torch_extensions_dir, tmp_dir, cache_dir):
         Path(d).mkdir(parents=True, exist_ok=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
     env.update({
-        "DS_ACCELERATOR": "cpu",
         "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir),  # deepspeed_shm_comm compiles once (~25 s), then cached
         "TMPDIR": str(tmp_dir),
         "XDG_CACHE_HOME": str(cache_dir),

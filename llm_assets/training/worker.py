@@ -9,12 +9,14 @@ CPU-sized run (2 processes, tiny GPT-2, ~1 minute on 2 cores):
         --config .llmops/checkpoints/<run_name>/run.json
 
 run.json is a `launcher.RunConfig`. The worker builds the model (from a catalog config, or from a
-local Hugging Face directory), reads the train shards by memmap, trains with `deepspeed.initialize`
-(ZeRO stage from the config, torch AdamW, gloo), logs loss / lr / tokens-per-second to the MLflow run
-in the config (rank 0), saves a DeepSpeed checkpoint every `save_every` steps and at the end, and
-resumes from the newest one in `checkpoint_dir` if there is one, so a relaunch after `kill -9`
-continues where the last checkpoint left off. At the end rank 0 writes the Hugging Face model plus
-tokenizer to `<checkpoint_dir>/hf_final/` and a `result.json` summary.
+local Hugging Face directory, optionally wrapped in LoRA adapters), reads the train shards by memmap,
+trains with `deepspeed.initialize` (ZeRO stage and precision from the config, torch AdamW, gloo on
+CPU), logs loss / lr / tokens-per-second / memory to the MLflow run in the config (rank 0), saves a
+DeepSpeed checkpoint every `save_every` steps and at the end, and resumes from the newest checkpoint
+in `checkpoint_dir` that verifies (`checkpoints.py`), so a relaunch after `kill -9` continues where
+it left off. At the end rank 0 writes the Hugging Face model (LoRA merged in; the adapter alone in
+`adapter/`) plus tokenizer to `<checkpoint_dir>/hf_final/` and a `result.json` summary. On a terminal
+rank 0 draws a progress bar.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_assets.training import checkpoints
 from llm_assets.training.launcher import RunConfig
-
-LATEST = "latest"  # DeepSpeed's pointer file to the newest complete checkpoint tag
 
 
 def log(msg: str) -> None:
@@ -72,12 +73,8 @@ def build_model(cfg: RunConfig, tokenizer):
 
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
-    if cfg.model.get("local_path"):
+    if cfg.model.get("local_path"):  # launcher.validate checked that the tokenizer fits its vocabulary
         model = AutoModelForCausalLM.from_pretrained(cfg.model["local_path"], dtype=torch.float32)
-        if model.get_input_embeddings().num_embeddings != len(tokenizer):
-            log(f"resizing embeddings {model.get_input_embeddings().num_embeddings} -> {len(tokenizer)} "
-                "to match the shards' tokenizer")
-            model.resize_token_embeddings(len(tokenizer))
     else:
         mc = AutoConfig.for_model(cfg.model["model_type"], **{**cfg.model.get("config", {}),
                                                               "vocab_size": len(tokenizer), **special})
@@ -90,6 +87,15 @@ def build_model(cfg: RunConfig, tokenizer):
         setattr(model.config, k, v)
         if model.generation_config is not None:
             setattr(model.generation_config, k, v)
+    if cfg.activation_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules or None))
     return model
 
 
@@ -107,6 +113,8 @@ def deepspeed_config(cfg: RunConfig) -> dict:
             "total_num_steps": cfg.max_steps, "warmup_num_steps": cfg.warmup_steps,
             "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": cfg.min_lr_ratio,
         }},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -140,28 +148,40 @@ class MetricsLog:
 
 
 def save_checkpoint(engine, ckpt_dir: Path, step: int, keep: int, client_state: dict) -> None:
-    """A DeepSpeed checkpoint, then `latest` moved to it only once every rank has written its part."""
+    """A DeepSpeed checkpoint, sealed with its manifest and made `latest` once every rank wrote its part."""
     import torch.distributed as dist
 
-    tag = f"step{step:08d}"
+    tag = checkpoints.tag_name(step)
     # save_latest=False: DeepSpeed's own `latest` is written by rank 0 before the other ranks finish
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     dist.barrier()
     if dist.get_rank() == 0:
-        tmp = ckpt_dir / f"{LATEST}.tmp"
-        tmp.write_text(tag)
-        tmp.replace(ckpt_dir / LATEST)
-        tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        checkpoints.seal(ckpt_dir / tag, step)
+        checkpoints.mark_latest(ckpt_dir, tag, keep)
     dist.barrier()
 
 
+def resume_tag(ckpt_dir: Path) -> str | None:
+    """Rank 0 picks the newest checkpoint that verifies (logging the ones it skips); every rank gets it."""
+    import torch.distributed as dist
+
+    choice = [None]
+    if dist.get_rank() == 0:
+        tag, skipped = checkpoints.newest_valid(ckpt_dir)
+        for why in skipped:
+            log(f"skipping checkpoint: {why}")
+        choice = [tag]
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]
+
+
 def save_hf_final(engine, model, tokenizer_dir: str, out_dir: Path, zero_stage: int) -> None:
-    """Rank 0 writes model (safetensors) + tokenizer files; under ZeRO-3 every rank gathers first."""
+    """Rank 0 writes the fp32 model (safetensors; LoRA merged, the adapter alone in adapter/) + tokenizer
+    files; under ZeRO-3 every rank gathers first."""
     import contextlib
 
     import deepspeed
+    import torch
     import torch.distributed as dist
 
     from llm_assets.tokens.tokenizer import TOKENIZER_FILES
@@ -172,7 +192,10 @@ def save_hf_final(engine, model, tokenizer_dir: str, out_dir: Path, zero_stage: 
         if dist.get_rank() == 0:
             tmp = out_dir.with_name(out_dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(str(tmp))
+            if hasattr(model, "merge_and_unload"):  # a peft model
+                model.save_pretrained(str(tmp / "adapter"))
+                model = model.merge_and_unload()
+            model.to(torch.float32).save_pretrained(str(tmp))
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_dir) / name
                 if src.exists():
@@ -182,6 +205,48 @@ def save_hf_final(engine, model, tokenizer_dir: str, out_dir: Path, zero_stage: 
     dist.barrier()
 
 
+class Progress:
+    """Step, loss, tokens/s, memory and ETA: a log line every `log_every` steps; on a terminal, a bar."""
+
+    def __init__(self, cfg: RunConfig, start_step: int, enabled: bool):
+        self.cfg, self.enabled = cfg, enabled
+        self.step_times: list[float] = []
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def eta_s(self, step: int) -> float:
+        recent = self.step_times[-20:]
+        return float(np.median(recent)) * (self.cfg.max_steps - step) if recent else float("nan")
+
+    def update(self, step: int, seconds: float, loss: float, lr: float, rate: float, memory_mb: float) -> None:
+        self.step_times.append(seconds)
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+        if step % self.cfg.log_every == 0 or step == self.cfg.max_steps:
+            log(f"step {step}/{self.cfg.max_steps} loss {loss:.4f} lr {lr:.2e} tokens/s {rate:,.0f} "
+                f"memory {memory_mb:,.0f}MB eta {self.eta_s(step):,.0f}s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def memory_mb() -> float:
+    """This rank's peak accelerator memory on a GPU, else its resident memory, in MB."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def train(cfg: RunConfig) -> dict:
     import warnings
 
@@ -189,6 +254,7 @@ def train(cfg: RunConfig) -> dict:
     import torch
     import torch.distributed as dist
     import transformers
+    from deepspeed.accelerator import get_accelerator
     from transformers import AutoTokenizer
 
     from llm_assets.tokens.shards import open_split, read_manifest
@@ -196,7 +262,7 @@ def train(cfg: RunConfig) -> dict:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch's all_gather rename, once per step
     transformers.logging.set_verbosity_error()
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
     ckpt_dir = Path(cfg.checkpoint_dir)
@@ -207,50 +273,56 @@ def train(cfg: RunConfig) -> dict:
     batches = Batches(open_split(cfg.shard_dir, "train", verify=cfg.verify_shards), cfg.seed)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=trainable,
+                                                   config=deepspeed_config(cfg))
 
     step, tokens_seen, loss_value = 0, 0, float("nan")
-    if (ckpt_dir / LATEST).exists():
-        path, client_state = engine.load_checkpoint(str(ckpt_dir))
+    tag = resume_tag(ckpt_dir)
+    if tag is not None:
+        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if path is None:
-            raise RuntimeError(f"could not load the checkpoint named by {ckpt_dir / LATEST}")
+            raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
         step, tokens_seen = client_state["step"], client_state["tokens_seen"]
         loss_value = client_state.get("loss", float("nan"))
         log(f"resumed from checkpoint {path} at step {step}")
     if rank == 0:
-        log(f"model {cfg.model.get('name')} {n_params} parameters, {batches.n} train sequences of {seq_len}, "
-            f"world {world}, ZeRO {cfg.zero_stage}, steps {step}->{cfg.max_steps}")
+        log(f"model {cfg.model.get('name')} {n_params} parameters ({n_trainable} trainable, {cfg.method}), "
+            f"{batches.n} train sequences of {seq_len}, world {world}, ZeRO {cfg.zero_stage}, {cfg.precision}, "
+            f"steps {step}->{cfg.max_steps}")
 
     metrics = MetricsLog(cfg.mlflow_tracking_uri, cfg.mlflow_run_id) if rank == 0 else MetricsLog("", "")
+    progress = Progress(cfg, step, enabled=rank == 0)
     per_rank = cfg.micro_batch_size * cfg.grad_accum_steps
     tokens_per_step = per_rank * world * seq_len
     rates: list[float] = []
     engine.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
-        total = torch.zeros(())
+        total = torch.zeros((), device=engine.device)
         for micro in range(cfg.grad_accum_steps):
             first = step * per_rank * world + rank * per_rank + micro * cfg.micro_batch_size
-            x = torch.from_numpy(batches.get(first, cfg.micro_batch_size))
+            x = torch.from_numpy(batches.get(first, cfg.micro_batch_size)).to(engine.device)
             loss = engine(input_ids=x, labels=x).loss
             engine.backward(loss)
             engine.step()
-            total += loss.detach()
+            total += loss.detach().float()
         dist.all_reduce(total)  # mean over ranks and micro-batches, for logging
         loss_value = total.item() / (world * cfg.grad_accum_steps)
         step += 1
         tokens_seen += tokens_per_step
-        rate = tokens_per_step / (time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        rate = tokens_per_step / seconds
         rates.append(rate)
         lr = scheduler.get_last_lr()[0] if scheduler is not None else cfg.lr
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value} at step {step}; lower lr={cfg.lr}")
         if rank == 0:
-            metrics.add(step, loss=loss_value, lr=lr, tokens_per_s=rate, tokens_seen=tokens_seen)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                log(f"step {step}/{cfg.max_steps} loss {loss_value:.4f} lr {lr:.2e} tokens/s {rate:,.0f}")
+            mem = memory_mb()
+            metrics.add(step, loss=loss_value, lr=lr, tokens_per_s=rate, tokens_seen=tokens_seen, memory_mb=mem)
+            progress.update(step, seconds, loss_value, lr, rate, mem)
+            if step % cfg.log_every == 0:
                 metrics.flush()
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             metrics.flush()  # the metric history never lags the checkpoint it can resume from
@@ -258,9 +330,11 @@ def train(cfg: RunConfig) -> dict:
                             {"step": step, "tokens_seen": tokens_seen, "loss": loss_value})
             if rank == 0:
                 log(f"saved checkpoint step {step}")
+    progress.close()
 
     save_hf_final(engine, engine.module, cfg.tokenizer_dir, ckpt_dir / "hf_final", cfg.zero_stage)
     result = {"steps": step, "final_loss": loss_value, "tokens_seen": tokens_seen, "parameters": n_params,
+              "trainable_parameters": n_trainable, "method": cfg.method,
               "tokens_per_s": float(np.median(rates)) if rates else None, "trained_steps_this_launch": len(rates),
               "world_size": world, "model_dir": str(ckpt_dir / "hf_final")}
     if rank == 0:

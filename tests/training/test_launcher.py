@@ -31,6 +31,12 @@ def test_valid_config_passes_and_round_trips(tiny_inputs, tmp_path):
     ({"max_steps": 0}, "max_steps=0"),
     ({"model": {"name": "ft", "local_path": "/nonexistent/model"}}, "local_path '/nonexistent/model'"),
     ({"model": {**TINY, "config": {**TINY["config"], "n_positions": 16}}}, "seq_len=32 exceeds .* 16"),
+    ({"method": "qlora"}, "method='qlora' is not a training method"),
+    ({"method": "lora"}, "method='lora' trains adapters on a pretrained base: set base_model's local_path"),
+    ({"precision": "fp8"}, "precision='fp8' is not one of"),
+    ({"precision": "fp16"}, "precision='fp16' needs a GPU"),
+    ({"nnodes": 2}, "rdzv_endpoint='': nnodes=2 needs the host:port"),
+    ({"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "127.0.0.1:29400"}, r"node_rank=2 must be in \[0, nnodes=2\)"),
 ])
 def test_bad_settings_are_named_before_any_compute(tiny_inputs, tmp_path, kw, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -53,6 +59,23 @@ def test_corrupt_shard_is_named(tiny_inputs, tmp_path):
     c.shard_dir = str(shard_dir)
     with pytest.raises(ValueError, match="train-00000.bin is corrupt"):
         launcher.validate(c, cpus=2)
+
+
+def test_a_tokenizer_larger_than_the_base_models_vocabulary_is_refused(tiny_inputs, tiny_base, tmp_path):
+    # tiny_inputs' tokenizer has 512 tokens; tiny_base's GPT-2 embeds only its own ~320
+    c = cfg(tiny_inputs, tmp_path, model={"name": "ft", "local_path": tiny_base["model_dir"]})
+    with pytest.raises(ValueError, match=r"tokenizer .*tokenizer.json has 512 tokens but base model .*config.json "
+                                         r"has vocab_size=\d+"):
+        launcher.validate(c, cpus=2)
+
+
+def test_multi_node_command(tmp_path):
+    cmd = launcher.torchrun_command(tmp_path / "run.json", 1, nnodes=2, node_rank=1,
+                                    rdzv_endpoint="10.0.0.1:29400", run_id="r1")
+    assert "--standalone" not in cmd
+    joined = " ".join(cmd)
+    assert ("--nnodes 2 --node_rank 1 --rdzv_backend c10d --rdzv_endpoint 10.0.0.1:29400 --rdzv_id r1 "
+            "--nproc_per_node 1") in joined
 
 
 def test_command_and_environment(tmp_path):

@@ -1,14 +1,15 @@
-"""Real torchrun + DeepSpeed (ZeRO-2, gloo, 2 processes on CPU): a kill -9 mid-run, then a relaunch."""
+"""Real torchrun + DeepSpeed (ZeRO-2, gloo, 2 processes on CPU): a kill -9 mid-run, damaged checkpoints,
+then a relaunch that resumes from the newest checkpoint that verifies."""
 
 import re
 import threading
 
-from llm_assets.training import launcher
+from llm_assets.training import checkpoints, launcher
 from resources.tracking import TrackingResource
 from tests.training.test_launcher import TINY
 
 
-def test_relaunch_after_kill_9_resumes_from_the_saved_step(tiny_inputs, tmp_path, cache_dir):
+def test_relaunch_after_kill_9_resumes_from_the_newest_sound_checkpoint(tiny_inputs, tmp_path, cache_dir):
     tracking = TrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                 artifact_root=str(tmp_path / "mlruns"))
     run_id = tracking.start_run("kill-test", {"test": "kill9"})
@@ -27,7 +28,8 @@ def test_relaunch_after_kill_9_resumes_from_the_saved_step(tiny_inputs, tmp_path
     proc = launcher.start(cmd, env)
     reader = threading.Thread(target=launcher.stream, args=(proc, first_log.append), daemon=True)
     reader.start()
-    assert launcher.wait_for(ckpt / "latest", proc, timeout=300), "\n".join(first_log[-40:])
+    second_tag = ckpt / checkpoints.tag_name(10) / checkpoints.MANIFEST
+    assert launcher.wait_for(second_tag, proc, timeout=300), "\n".join(first_log[-40:])
     launcher.kill_group(proc)  # SIGKILL to torchrun and both workers at once
     proc.wait()
     reader.join(timeout=10)
@@ -35,11 +37,24 @@ def test_relaunch_after_kill_9_resumes_from_the_saved_step(tiny_inputs, tmp_path
     assert not (ckpt / "hf_final").exists(), "the run finished before the kill; raise max_steps"
     killed_at = max(int(m.group(1)) for line in first_log if (m := re.search(r"step (\d+)/120 loss", line)))
 
+    # The newest sealed checkpoint gets a flipped byte; a newer tag is left half-written (no manifest).
+    *_, older, newest = checkpoints.tags(ckpt)
+    victim = next(p for p in sorted(newest.iterdir()) if p.name.endswith("model_states.pt"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    half_written = ckpt / checkpoints.tag_name(999)
+    half_written.mkdir()
+    (half_written / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"partial")
+
     second_log: list[str] = []
     launcher.run(cmd, env, on_line=second_log.append)
     resumed = [int(m.group(1)) for line in second_log if (m := re.search(r"resumed from .* at step (\d+)", line))]
-    assert resumed and resumed[0] >= 5 and resumed[0] % 5 == 0, "\n".join(second_log[-40:])
+    assert set(resumed) == {int(older.name.removeprefix("step"))}, "\n".join(second_log[-40:])
     assert resumed[0] <= killed_at
+    skipped = [line for line in second_log if "skipping checkpoint" in line]
+    assert "step00000999 has no llmops_checkpoint.json" in skipped[0]
+    assert f"{victim} is corrupt" in skipped[1]
     logged_lines = [m for line in second_log if (m := re.search(r"step (\d+)/120 loss ([\d.]+) lr ([\d.e+-]+)", line))]
     assert [int(m.group(1)) for m in logged_lines] == list(range(resumed[0] + 1, 121))  # not from 1 again
     first_loss, first_lr = float(logged_lines[0].group(2)), float(logged_lines[0].group(3))

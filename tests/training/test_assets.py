@@ -68,6 +68,8 @@ def test_training_graph_end_to_end(materialized, home):
     assert tags["shards_manifest_sha256"] == shards.manifest_sha256 and tags["dagster_run_id"] == result.run_id
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run.info.run_id, "tokens_per_s")) == 6
+    assert all(m.value > 10 for m in client.get_metric_history(run.info.run_id, "memory_mb"))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == [1, 2, 3, 4, 5, 6]
 
     # the exported model loads, generates, and is a registered version
     exported = result.output_for_node("exported_model")
@@ -88,3 +90,35 @@ def test_training_graph_end_to_end(materialized, home):
     assert again.output_for_node("trained_checkpoint") == ckpt
     runs = client.search_runs([resources["tracking"].experiment_id()])
     assert [r.info.run_id for r in runs] == [ckpt.mlflow_run_id]  # no second run was started
+
+
+def test_lora_fine_tune_of_a_local_model_through_the_graph(llmops_resources, spark, tmp_path):
+    from tests.tiny_model import build_tiny_model
+
+    base_dir = build_tiny_model(tmp_path / "pretrained", train_steps=30)
+    table = write_corpus(spark, llmops_resources["lakehouse"], n_docs=200)
+
+    @dg.asset(name="curated_corpus", group_name="data")
+    def curated_corpus() -> CommittedTable:
+        return table
+
+    run_config = {"ops": {
+        "tokenizer": {"config": {"local_path": str(base_dir)}},
+        "token_shards": RUN_CONFIG["ops"]["token_shards"],
+        "base_model": {"config": {"local_path": str(base_dir)}},
+        "trained_checkpoint": {"config": {"method": "lora", "lora_r": 4, "max_steps": 4, "save_every": 2,
+                                          "micro_batch_size": 4, "log_every": 1, "zero_stage": 1}},
+    }}
+    result = dg.materialize([curated_corpus, tokenizer, token_shards, model_catalog, base_model, trained_checkpoint,
+                             exported_model], resources=llmops_resources, run_config=run_config, raise_on_error=True)
+    tok = result.output_for_node("tokenizer")
+    assert (Path(tok.path) / "tokenizer.json").read_bytes() == (base_dir / "tokenizer.json").read_bytes()
+    assert result.output_for_node("base_model").reasons[0].startswith("pretrained: local_path")
+    meta = result.asset_materializations_for_node("trained_checkpoint")[0].metadata
+    assert meta["method"].value == "lora" and 0 < meta["trainable_parameters"].value < meta["parameters"].value
+    exported = Path(result.output_for_node("exported_model").path)
+    assert (exported / "adapter" / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(exported)  # a plain model: the adapter is merged in
+    assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(base_dir).config.vocab_size
+    run = MlflowClient(llmops_resources["tracking"].tracking_uri).get_run(meta["mlflow_run_id"].value)
+    assert run.data.params["method"] == "lora" and run.data.params["lora_r"] == "4"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +125,31 @@ class ServingResource(dg.ConfigurableResource):
                                 backend_model, backend.pid, gateway.pid)
         (run / "deployment.json").write_text(json.dumps(asdict(deployment), indent=2))
         return deployment
+
+    @contextlib.contextmanager
+    def temporary_backend(self, model_dir: str, name: str = "eval") -> Iterator[tuple[str, str]]:
+        """A backend serving `model_dir` on a free 127.0.0.1 port while the block runs, for work before a
+        deployment (evaluation, red teaming); yields (base URL, model id to put in requests).
+
+        Its pid file and log live in `<run_dir>/<name>/`, apart from the deployment's, so deploying or
+        `make down` never stops it by accident, and it never stops a deployment.
+        """
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"model_dir {model_dir!r} has no config.json: not a Hugging Face model directory")
+        run = Path(self.run_dir) / name
+        processes.stop_all(run)  # a leftover from a killed run
+        (run / "tmp").mkdir(parents=True, exist_ok=True)
+        port = processes.free_port("127.0.0.1")
+        url, model_id = f"http://127.0.0.1:{port}", str(Path(model_dir).resolve())
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(run / "tmp"),
+               "PYTHONPATH": _pythonpath()}
+        try:
+            backend = processes.start(BACKEND, self.backend_command(model_dir, port), run, env=env, cwd=run)
+            processes.wait_healthy(f"{url}/health", self.startup_timeout, backend)
+            self._warm_up(url, model_id, backend)
+            yield url, model_id
+        finally:
+            processes.stop_all(run)
 
     def _warm_up(self, backend_url: str, backend_model: str, backend: processes.ManagedProcess) -> float:
         """One tiny completion straight to the backend, so the first real request does not pay for setup:

@@ -199,3 +199,18 @@ def test_deploy_refuses_a_gateway_port_taken_by_someone_else(tmp_path, exported)
         with pytest.raises(RuntimeError, match="is taken"):
             serving.deploy(exported.path, MODEL, "3")
     assert processes.status(tmp_path / "run") == {}
+
+
+def test_temporary_backend_serves_beside_a_deployment_and_stops_on_exit(tmp_path, exported):
+    serving = ServingResource(run_dir=str(tmp_path / "run"), startup_timeout=180)
+    (tmp_path / "run").mkdir()
+    with serving.temporary_backend(exported.path) as (url, model):
+        resp = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "The quick", "max_tokens": 4},
+                          timeout=60)
+        assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] >= 1
+        assert serving.stop() == []  # stopping the deployment leaves the evaluation backend alone
+        pid = processes.read(tmp_path / "run" / "eval", "backend").pid
+        assert processes.is_running(pid)
+    assert not processes.is_running(pid)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health")

@@ -49,7 +49,7 @@ def metrics_table_md(values: dict[str, float]) -> str:
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_model: ExportedModel,
                 token_shards: ShardSet, settings: SettingsResource,
                 tracking: TrackingResource) -> dg.Output[dict]:
-    """Perplexity, ROUGE-L and toxicity rate of the exported model on the held-out validation shards."""
+    """Perplexity, bits per byte, ROUGE, BLEU, QA exact match/F1 and toxicity of the exported model on held-out data."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,6 +89,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
             **{k: dg.MetadataValue.int(int(v)) for k, v in result["samples"].items()},
             **{k: dg.MetadataValue.int(int(v)) for k, v in result["lengths"].items()},
             "metrics": dg.MetadataValue.md(metrics_table_md(values)),
+            "ci95": dg.MetadataValue.json(result["intervals"]),
             "examples": dg.MetadataValue.md(examples or "-"),
             "report": dg.MetadataValue.path(str(path)),
             "model_version": exported_model.version,

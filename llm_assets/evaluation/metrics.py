@@ -1,16 +1,30 @@
-"""Evaluation metrics for a causal language model on held-out token sequences.
+"""Evaluation metrics for a causal language model on held-out token sequences and on fixed data.
 
 - perplexity: exp of the mean next-token cross-entropy over every predicted position.
-- ROUGE-L: the first `prompt_len` tokens of a validation sequence are the prompt, the next
-  `continuation_len` tokens the reference; the model continues greedily and both are decoded.
+- bits per byte: the summed cross-entropy in bits over the UTF-8 bytes of the predicted text; unlike
+  perplexity it does not depend on the tokenizer, so it compares models with different vocabularies.
+- fixed held-out set (`heldout/fixed_text.txt`): perplexity and bits per byte on text that is the
+  same for every data version.
+- ROUGE-1/2/L and BLEU: the first `prompt_len` tokens of a validation sequence are the prompt, the
+  next `continuation_len` tokens the reference; the model continues greedily and both are decoded.
+  BLEU (NLTK's corpus BLEU, smoothed) is our choice for code too: the corpus mixes prose and code
+  blocks, and CodeBLEU needs per-language parsers we do not have offline.
+- exact match and token F1 (SQuAD normalization) on the fixed QA pairs (`heldout/qa.jsonl`).
 - toxicity rate: the share of sampled generations that `profanity_check` (alt-profanity-check, a
   linear SVM on offensive-language data) scores above `threshold`.
+
+Rates carry a Wilson 95% interval; every metric carries its sample size.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +60,49 @@ def mean_cross_entropy(model: torch.nn.Module, sequences: np.ndarray | torch.Ten
                                  reduction="sum").item()
         count += targets.numel()
     return total / count
+
+
+HELDOUT_DIR = Path(__file__).with_name("heldout")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of a rate `successes / n` (95% by default); [0, 1] when n is 0."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+@torch.no_grad()
+def bits_per_byte(model: torch.nn.Module, tokenizer, sequences: np.ndarray | torch.Tensor,
+                  batch_size: int = 8) -> float:
+    """Cross-entropy in bits of every predicted token, over the UTF-8 bytes those tokens decode to."""
+    ids = as_token_tensor(sequences)
+    nats = mean_cross_entropy(model, ids, batch_size) * ids.shape[0] * (ids.shape[1] - 1)
+    n_bytes = sum(len(tokenizer.decode(row[1:], skip_special_tokens=True).encode()) for row in ids.tolist())
+    if n_bytes == 0:
+        raise ValueError("bits_per_byte: the sequences decode to no text")
+    return nats / math.log(2) / n_bytes
+
+
+def text_windows(tokenizer, text: str, window: int) -> torch.Tensor:
+    """`text` tokenized and cut into consecutive windows of `window` tokens (the tail is dropped)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // window
+    if n == 0:
+        raise ValueError(f"text of {len(ids)} tokens is shorter than one window of {window}")
+    return torch.tensor(ids[:n * window], dtype=torch.long).view(n, window)
+
+
+def fixed_heldout_scores(model: torch.nn.Module, tokenizer, window: int, batch_size: int = 8,
+                         path: Path = HELDOUT_DIR / "fixed_text.txt") -> dict:
+    """Perplexity and bits per byte on the fixed held-out text, in windows of `window` tokens."""
+    windows = text_windows(tokenizer, path.read_text(), window)
+    ce = mean_cross_entropy(model, windows, batch_size)
+    return {"perplexity": math.exp(ce), "bits_per_byte": bits_per_byte(model, tokenizer, windows, batch_size),
+            "windows": int(windows.shape[0]), "tokens": int(windows.numel())}
 
 
 def perplexity(model: torch.nn.Module, sequences: np.ndarray | torch.Tensor, batch_size: int = 8) -> float:
@@ -96,15 +153,78 @@ def generate(model: torch.nn.Module, prompts: torch.Tensor, max_new_tokens: int,
     return out
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 of predictions against references (rouge-score, with stemming)."""
-    from rouge_score import rouge_scorer
-
+def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need equally many predictions and references, got {len(predictions)}, {len(references)}")
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return float(np.mean([scorer.score(ref, pred)["rougeL"].fmeasure
-                          for pred, ref in zip(predictions, references)]))
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 of predictions against references (rouge-score, stemmed)."""
+    from rouge_score import rouge_scorer
+
+    _check_pairs(predictions, references)
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {name: float(np.mean([s[kind].fmeasure for s in scores]))
+            for name, kind in zip(("rouge_1", "rouge_2", "rouge_l"), kinds)}
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 of predictions against references (rouge-score, with stemming)."""
+    return rouge(predictions, references)["rouge_l"]
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (NLTK, smoothing method 1) of whitespace tokens, in [0, 1]."""
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
+    _check_pairs(predictions, references)
+    return float(corpus_bleu([[r.split()] for r in references], [p.split() for p in predictions],
+                             smoothing_function=SmoothingFunction().method1))
+
+
+def normalize_answer(text: str) -> list[str]:
+    """SQuAD's normalization: lower case, no punctuation, no articles, split on whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(answer)
+
+
+def token_f1(prediction: str, answer: str) -> float:
+    pred, gold = normalize_answer(prediction), normalize_answer(answer)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if not pred or not gold or common == 0:
+        return float(pred == gold)
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def load_qa(path: Path = HELDOUT_DIR / "qa.jsonl") -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def qa_scores(model: torch.nn.Module, tokenizer, items: Sequence[dict], max_new_tokens: int = 12) -> dict:
+    """Exact match (with its Wilson interval) and token F1 of greedy answers to `Context/Question/Answer:` prompts.
+
+    The answer is the generation up to its first newline.
+    """
+    predictions = []
+    for item in items:
+        prompt = f"{item['context']}\nQuestion: {item['question']}\nAnswer:"
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = generate(model, ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)[0]
+        predictions.append(tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0].strip())
+    hits = sum(exact_match(p, i["answer"]) for p, i in zip(predictions, items))
+    return {"exact_match": hits / len(items), "exact_match_ci95": wilson_interval(hits, len(items)),
+            "token_f1": float(np.mean([token_f1(p, i["answer"]) for p, i in zip(predictions, items)])),
+            "n": len(items),
+            "examples": [{"question": i["question"], "answer": i["answer"], "prediction": p}
+                         for p, i in list(zip(predictions, items))[:3]]}
 
 
 def toxicity_probabilities(texts: Sequence[str]) -> list[float]:
@@ -149,16 +269,30 @@ def evaluate_model(model: torch.nn.Module, tokenizer, sequences: np.ndarray, *, 
                        seed=seed, eos_token_id=eos, batch_size=batch_size)
     generations = [tokenizer.decode(ids, skip_special_tokens=True) for ids in sampled]
     tox = toxicity_probabilities(generations)
+    toxic = sum(p > toxicity_threshold for p in tox)
+    window = min(sequences.shape[1], getattr(model.config, "n_positions", None)
+                 or getattr(model.config, "max_position_embeddings", sequences.shape[1]))
+    fixed = fixed_heldout_scores(model, tokenizer, window, batch_size)
+    qa = qa_scores(model, tokenizer, load_qa())
 
     return {
         "metrics": {
             "perplexity": math.exp(ce),
             "cross_entropy": ce,
-            "rouge_l": rouge_l(predictions, references),
-            "toxicity_rate": sum(p > toxicity_threshold for p in tox) / len(tox),
+            "bits_per_byte": bits_per_byte(model, tokenizer, ppl_rows, batch_size),
+            "fixed_perplexity": fixed["perplexity"],
+            "fixed_bits_per_byte": fixed["bits_per_byte"],
+            **rouge(predictions, references),
+            "bleu": bleu(predictions, references),
+            "exact_match": qa["exact_match"],
+            "token_f1": qa["token_f1"],
+            "toxicity_rate": toxic / len(tox),
             "toxicity_max_prob": max(tox),
         },
+        "intervals": {"toxicity_rate": wilson_interval(toxic, len(tox)), "exact_match": qa["exact_match_ci95"]},
         "samples": {
+            "fixed_heldout_tokens": fixed["tokens"],
+            "qa_pairs": qa["n"],
             "perplexity_sequences": len(ppl_rows),
             "perplexity_tokens": int(len(ppl_rows) * (sequences.shape[1] - 1)),
             "rouge_samples": len(predictions),
@@ -172,4 +306,5 @@ def evaluate_model(model: torch.nn.Module, tokenizer, sequences: np.ndarray, *, 
             for p, r, c in zip(prompts[:examples].tolist(), references, predictions)
         ],
         "sampled_generations": [{"text": g, "toxicity": p} for g, p in list(zip(generations, tox))[:examples]],
+        "qa_examples": qa["examples"],
     }

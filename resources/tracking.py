@@ -47,4 +47,15 @@ class TrackingResource(dg.ConfigurableResource):
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
-        return client.create_model_version(name, source, run_id=run_id).version
+        return str(client.create_model_version(name, source, run_id=run_id).version)
+
+    def promote(self, name: str, version: str, alias: str = "promoted") -> None:
+        """Point the registered model's `alias` at `version` (the deployed one)."""
+        self.client().set_registered_model_alias(name, alias, version)
+
+    def promoted_version(self, name: str, alias: str = "promoted") -> str | None:
+        """The version `alias` points at, or None when nothing was promoted yet."""
+        try:
+            return str(self.client().get_model_version_by_alias(name, alias).version)
+        except mlflow.exceptions.MlflowException:
+            return None

@@ -9,6 +9,7 @@ from llm_assets.artifacts import Endpoint, ExportedModel, QuantizedModel, ShardS
 from llm_assets.deployment import quantize
 from resources.serving import ServingResource
 from resources.settings import SettingsResource
+from resources.tracking import TrackingResource
 
 
 class QuantizeConfig(dg.Config):
@@ -60,8 +61,10 @@ def quantized_model(context: dg.AssetExecutionContext, config: QuantizeConfig, e
 
 @dg.asset(group_name="deployment", kinds={"fastapi"})
 def endpoint(context: dg.AssetExecutionContext, config: EndpointConfig, exported_model: ExportedModel,
-             quantized_model: QuantizedModel, serving: ServingResource) -> dg.Output[Endpoint]:
-    """The exported model version served (OpenAI API) behind the llmops gateway; replaces the previous one."""
+             quantized_model: QuantizedModel, serving: ServingResource,
+             tracking: TrackingResource) -> dg.Output[Endpoint]:
+    """The exported model version served (OpenAI API) behind the llmops gateway; replaces the previous one
+    and becomes the registered model's `promoted` version, the baseline of the next evaluation gate."""
     name = config.model_name or exported_model.registered_name
     deployment = serving.deploy(exported_model.path, name, exported_model.version, log=context.log)
     try:
@@ -69,7 +72,9 @@ def endpoint(context: dg.AssetExecutionContext, config: EndpointConfig, exported
     except BaseException:
         serving.stop()
         raise
-    context.log.info(f"{name} v{exported_model.version} serves at {deployment.url}; smoke reply {reply!r}")
+    tracking.promote(exported_model.registered_name, exported_model.version)
+    context.log.info(f"{name} v{exported_model.version} serves at {deployment.url} and is promoted; "
+                     f"smoke reply {reply!r}")
     value = Endpoint(url=deployment.url, model=name, model_version=exported_model.version,
                      mlflow_run_id=exported_model.mlflow_run_id, data_commit=exported_model.data_commit)
     return dg.Output(value, metadata={

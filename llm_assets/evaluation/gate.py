@@ -5,6 +5,12 @@ Threshold names say the direction: `max_<metric>` means the metric must be at mo
 but not an untrained one (whose perplexity is about its vocabulary size, ~4096 for the demo tokenizer).
 A missing or NaN metric always fails. Raise `min_rouge_l` for models that should continue text well.
 
+Regressions: `max_regression` maps a metric to the relative worsening allowed against the promoted
+model version (the one the endpoint serves), e.g. {"perplexity": 0.25} fails a candidate whose
+perplexity is more than 25% above the promoted version's. Metrics whose name contains one of
+`LOWER_IS_BETTER` get worse upwards, all others downwards. With no promoted version yet, the
+regression rows pass and say so.
+
 | threshold          | default | why                                                          |
 |--------------------|---------|--------------------------------------------------------------|
 | max_perplexity     | 1500    | well under a random model's ~vocab size                      |
@@ -19,6 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_THRESHOLDS = {"max_perplexity": 1500.0, "min_rouge_l": 0.0, "max_toxicity_rate": 0.25}
+DEFAULT_REGRESSIONS = {"perplexity": 0.25, "fixed_bits_per_byte": 0.10}
+LOWER_IS_BETTER = ("perplexity", "cross_entropy", "bits_per_byte", "toxicity", "hallucination", "latency",
+                   "failure", "memory", "gap")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,41 @@ def evaluate_gate(metrics: Mapping[str, object], thresholds: Mapping[str, float]
         reason = "ok" if passed else f"{value:.4g} not {op} {threshold:g}"
         rows.append(GateRow(metric, value, op, threshold, passed, reason))
     return all(r.passed for r in rows), rows
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def _number(raw: object) -> float | None:
+    value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+    return None if value is None or math.isnan(value) else value
+
+
+def regression_rows(metrics: Mapping[str, object], baseline: Mapping | None,
+                    max_regression: Mapping[str, float]) -> list[GateRow]:
+    """One row per metric in `max_regression`: the candidate against `baseline` ({"version", "metrics"})."""
+    rows = []
+    for metric, allowed in max_regression.items():
+        if baseline is None:
+            rows.append(GateRow(metric, _number(metrics.get(metric)), "worse than promoted by at most", allowed,
+                                True, "no promoted version to compare with"))
+            continue
+        op = f"worse than promoted v{baseline['version']} by at most"
+        value, base = _number(metrics.get(metric)), _number(baseline["metrics"].get(metric))
+        if value is None:
+            rows.append(GateRow(metric, None, op, allowed, False, "missing"))
+            continue
+        if base is None:
+            rows.append(GateRow(metric, value, op, allowed, True, f"promoted v{baseline['version']} has no {metric}"))
+            continue
+        worse = (value - base) if lower_is_better(metric) else (base - value)
+        relative = worse / abs(base) if base else (math.inf if worse > 0 else 0.0)
+        passed = relative <= allowed
+        reason = "ok" if passed else (f"{value:.4g} vs {base:.4g} of promoted v{baseline['version']}: "
+                                      f"{relative:.1%} worse, more than the {allowed:.0%} allowed")
+        rows.append(GateRow(metric, value, op, allowed, passed, reason))
+    return rows
 
 
 def gate_table_md(rows: list[GateRow]) -> str:

@@ -18,6 +18,7 @@ from llm_assets.deployment import processes
 from llm_assets.deployment.assets import EndpointConfig, endpoint
 from llm_assets.monitoring.load import scrape_gateway_metrics
 from resources.serving import ServingResource
+from resources.tracking import TrackingResource
 from tests.tiny_model import build_tiny_model
 
 MODEL = "tiny-gpt"
@@ -34,18 +35,28 @@ def serving(home):
 
 
 @pytest.fixture(scope="module")
-def exported(home):
+def tracking(home):
+    return TrackingResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_root=str(home / "mlruns"))
+
+
+@pytest.fixture(scope="module")
+def exported(home, tracking):
+    """A tiny model registered three times, so the one served is version 3."""
     model_dir = build_tiny_model(home / "models" / MODEL, train_steps=60)
-    return ExportedModel(path=str(model_dir), registered_name=MODEL, version="3", mlflow_run_id="run-abc",
+    run_id = tracking.start_run("serving-test", {})
+    versions = [tracking.register_model(MODEL, str(model_dir), run_id) for _ in range(3)]
+    assert versions[-1] == "3"
+    return ExportedModel(path=str(model_dir), registered_name=MODEL, version="3", mlflow_run_id=run_id,
                          data_commit="commit-xyz")
 
 
 @pytest.fixture(scope="module")
-def deployed(serving, exported):
+def deployed(serving, exported, tracking):
     """The endpoint asset, invoked directly with its resource; always stopped afterwards."""
     quantized = QuantizedModel(path="", source=exported, size_ratio=0.5, perplexity_delta=0.0)
     try:
-        out = endpoint(dg.build_asset_context(resources={"serving": serving}), config=EndpointConfig(),
+        out = endpoint(dg.build_asset_context(resources={"serving": serving, "tracking": tracking}),
+                       config=EndpointConfig(),
                        exported_model=exported, quantized_model=quantized)
         yield out
     finally:
@@ -62,13 +73,14 @@ def chat(url, **body):
                       json={"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, **body})
 
 
-def test_endpoint_asset_deploys_and_smoke_tests(deployed, serving, exported):
+def test_endpoint_asset_deploys_smoke_tests_and_promotes(deployed, serving, exported, tracking):
     value, meta = deployed.value, deployed.metadata
     assert value.url == f"http://127.0.0.1:{serving.gateway_port}"
     assert (value.model, value.model_version, value.mlflow_run_id, value.data_commit) == (
-        MODEL, "3", "run-abc", "commit-xyz")
+        MODEL, "3", exported.mlflow_run_id, "commit-xyz")
     assert meta["smoke_reply"].value
     assert meta["model_version"].value == "3" and meta["data_commit"].value == "commit-xyz"
+    assert tracking.promoted_version(MODEL) == "3"
     status = serving.status()
     assert {name: p["running"] for name, p in status["processes"].items()} == {"backend": True, "gateway": True}
     assert status["processes"]["backend"]["command"][1:3] == ["serve", exported.path]

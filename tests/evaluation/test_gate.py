@@ -59,3 +59,29 @@ def test_table_shows_value_threshold_and_result():
     assert "| perplexity | 500 | <= 100 | FAIL" in table
     assert "| rouge_l | missing | >= 0.2 | FAIL: missing |" in table
     assert "| toxicity_rate | 0 | <= 0.1 | pass |" in table
+
+
+def test_regression_against_the_promoted_version():
+    from llm_assets.evaluation.gate import regression_rows
+
+    baseline = {"version": "3", "metrics": {"perplexity": 100.0, "rouge_l": 0.20, "exact_match": 0.0}}
+    allowed = {"perplexity": 0.25, "rouge_l": 0.10, "exact_match": 0.5}
+    rows = regression_rows({"perplexity": 124.0, "rouge_l": 0.19, "exact_match": 0.0}, baseline, allowed)
+    assert [r.passed for r in rows] == [True, True, True]
+    rows = regression_rows({"perplexity": 130.0, "rouge_l": 0.17, "exact_match": 0.0}, baseline, allowed)
+    assert [r.passed for r in rows] == [False, False, True]
+    assert rows[0].reason == "130 vs 100 of promoted v3: 30.0% worse, more than the 25% allowed"
+    assert rows[1].reason.startswith("0.17 vs 0.2 of promoted v3: 15.0% worse")
+    improved = regression_rows({"perplexity": 50.0, "rouge_l": 0.5, "exact_match": 0.1}, baseline, allowed)
+    assert all(r.passed for r in improved)
+
+
+def test_regression_rows_without_a_baseline_or_metric():
+    from llm_assets.evaluation.gate import regression_rows
+
+    rows = regression_rows({"perplexity": 10.0}, None, {"perplexity": 0.1})
+    assert rows[0].passed and rows[0].reason == "no promoted version to compare with"
+    baseline = {"version": "1", "metrics": {"perplexity": 10.0}}
+    assert not regression_rows({}, baseline, {"perplexity": 0.1})[0].passed  # missing in the candidate fails
+    row = regression_rows({"bleu": 0.1}, baseline, {"bleu": 0.1})[0]
+    assert row.passed and row.reason == "promoted v1 has no bleu"

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from llm_assets.artifacts import CommittedTable
-from llm_assets.data import accounting, bias, cleaning, composition, dedup, filters, ingest, pii
+from llm_assets.data import accounting, bias, cleaning, composition, dedup, filters, ingest, pii, quality
 from resources.lakehouse import LakehouseResource, TableVersion
 from resources.settings import SettingsResource
 from resources.spark import SparkResource
@@ -67,6 +67,8 @@ class CorpusReportConfig(dg.Config):
     """Demographic groups and their terms, counted as whole words."""
     toxicity_sample: int = 500
     toxicity_threshold: float = 0.5
+    quality_sample: int = 0
+    """Documents whose quality scores are computed, chosen by a hash of doc_id; 0 scores every document."""
 
 
 class MergeConfig(dg.Config):
@@ -245,25 +247,29 @@ def curated_corpus(context: dg.AssetExecutionContext, config: CurationConfig, de
 def corpus_report(context: dg.AssetExecutionContext, config: CorpusReportConfig, curated_corpus: CommittedTable,
                   settings: SettingsResource, spark: SparkResource, lakehouse: LakehouseResource,
                   versioning: VersioningResource) -> dg.MaterializeResult:
-    """Bias and composition of the committed corpus: demographic terms, toxicity, plots, change since the parent."""
+    """Bias and composition of the committed corpus: terms, toxicity, quality scores, plots, change since the parent."""
     docs = lakehouse.read(spark.session(), curated_corpus.table).persist()
     try:
         summary = composition.summarize(docs)
         counts = bias.demographic_counts(docs, config.lexicon)
         toxic = bias.toxicity(docs, config.toxicity_sample, config.toxicity_threshold)
         lengths = docs.select("n_chars").toPandas()["n_chars"]
+        scores, plotted = quality.summarize_quality(docs, config.quality_sample)
     finally:
         docs.unpersist()
     group_shares = bias.shares(counts)
     headline = {"documents": summary["documents"], "chars": summary["chars"], "toxicity_rate": toxic["rate"],
-                "groups": list(counts), **{f"share_{g}": v for g, v in group_shares.items()}}
+                "groups": list(counts), **{f"share_{g}": v for g, v in group_shares.items()},
+                **quality.headline(scores)}
     reports = settings.dir("reports", "corpus")
     (reports / f"{curated_corpus.commit_id}.json").write_text(json.dumps(
-        {**headline, "summary": summary, "demographic_counts": counts, "toxicity": toxic}, indent=1))
+        {**headline, "summary": summary, "demographic_counts": counts, "toxicity": toxic, "quality": scores},
+        indent=1))
     parent = versioning.get_commit(curated_corpus.commit_id).get("parent")
     previous_path = reports / f"{parent}.json"
     previous = json.loads(previous_path.read_text()) if parent and previous_path.exists() else None
     plot = bias.composition_plot(summary, lengths, reports / f"{curated_corpus.commit_id}.png")
+    quality_plot = bias.quality_plot(plotted, reports / f"{curated_corpus.commit_id}.quality.png")
     context.log.info(f"corpus_report: demographic terms {counts}, toxicity {toxic['toxic']}/{toxic['sampled']}"
                      f" sampled documents; compared with {'commit ' + parent if previous else 'nothing'}")
     terms = "| group | matches | share |\n|---|---:|---:|\n" + "".join(
@@ -279,6 +285,10 @@ def corpus_report(context: dg.AssetExecutionContext, config: CorpusReportConfig,
         "composition": dg.MetadataValue.md(composition.composition_markdown(summary)),
         "plot": dg.MetadataValue.md(bias.image_markdown(plot, "composition")),
         "plot_path": dg.MetadataValue.path(str(plot)),
+        "quality_scored": scores["documents"],
+        "quality_scores": dg.MetadataValue.md(quality.quality_markdown(scores)),
+        "quality_plot": dg.MetadataValue.md(bias.image_markdown(quality_plot, "quality scores")),
+        "quality_plot_path": dg.MetadataValue.path(str(quality_plot)),
         "change_since_parent": dg.MetadataValue.md(bias.comparison_markdown(headline, previous)),
     })
 

@@ -6,8 +6,8 @@
 - Toxicity: the share of sampled documents that `profanity_check` (alt-profanity-check's linear SVM
   on offensive-language data, shipped in its wheel) scores above a threshold, with a 95% Wilson
   interval, since it is measured on a sample.
-- Plots (PNG, matplotlib's Agg backend): documents by source kind and language, and the length
-  distribution, for the Dagster UI and for people comparing versions.
+- Plots (PNG, matplotlib's Agg backend): documents by source kind and language, the length
+  distribution, and histograms of quality scores, for the Dagster UI and for people comparing versions.
 """
 
 from __future__ import annotations
@@ -100,6 +100,34 @@ def composition_plot(summary: dict, lengths: pd.Series, path: Path) -> Path:
     return path
 
 
+def quality_plot(scores: pd.DataFrame, path: Path, log_x: tuple[str, ...] = ("gopher_words",)) -> Path:
+    """A histogram per column of `scores` (one row per document; nulls left out), three to a row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = max(1, math.ceil(len(scores.columns) / 3))
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, scores.columns):
+        log = name in log_x
+        values = scores[name].dropna()
+        values = values[values > 0] if log else values
+        if len(values):
+            bins = np.logspace(np.log10(values.min()), np.log10(values.max() + 1), 30) if log else 30
+            ax.hist(values, bins=bins, color="#c44e52")
+        ax.set_xscale("log" if log else "linear")
+        ax.set_title(name, fontsize=10)
+    for ax in axes.flat[len(scores.columns):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def image_markdown(path: Path, alt: str) -> str:
     """Markdown that shows the PNG inline in the Dagster UI."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
@@ -108,7 +136,8 @@ def image_markdown(path: Path, alt: str) -> str:
 def comparison_markdown(current: dict, previous: dict | None) -> str:
     """A table of the headline numbers of this version beside the previous committed one."""
     rows = [("documents", "documents"), ("characters", "chars"), ("toxicity rate", "toxicity_rate"),
-            *[(f"{g} term share", f"share_{g}") for g in current.get("groups", [])]]
+            *[(f"{g} term share", f"share_{g}") for g in current.get("groups", [])],
+            *[(f"median {s}", f"median_{s}") for s in current.get("scores", [])]]
     lines = ["| metric | previous | current | change |", "|---|---:|---:|---:|"]
     for label, key in rows:
         now = current.get(key)

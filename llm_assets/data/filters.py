@@ -69,6 +69,8 @@ runs it in a pandas UDF over a DataFrame of documents, and `drop_stats` / `drop_
 up what each rule dropped. The paper defaults reject most software documentation (on the package
 docs of this repo's venv they keep 13%: C4 drops every heading, list item and code line, and what is
 left is a `gopher_short_doc`); `FilterConfig.software_docs()` is a loosened preset (about 70% kept).
+The Gopher and FineWeb rules read their statistics from `DocumentStats`, which computes each one on
+first use; `quality_scores` returns all of them as numbers (for the corpus report's distributions).
 
 Parity with datatrove 0.10.1: on those 1,500 package docs (cleaned and raw), each group gives the
 same verdict as datatrove's filter on 11,997 of 12,000 document-filter pairs. Line, paragraph and
@@ -81,6 +83,7 @@ tokenization per document, n-grams as numpy ids.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from dataclasses import dataclass
@@ -370,6 +373,185 @@ def duplicated_ngram_chars(words: list[str], n: int) -> int:
     return NGrams(words).duplicated_chars(n)
 
 
+# ---------------------------------------------------------------- document statistics
+
+class _cached:
+    """`functools.cached_property` without its lock (3.11 takes one per read; these are read per document)."""
+
+    def __init__(self, compute):
+        self.compute, self.name = compute, compute.__name__
+
+    def __get__(self, stats, owner=None):
+        value = stats.__dict__[self.name] = self.compute(stats)
+        return value
+
+
+def _ratio(count: float, total: float) -> float:
+    return count / total if total else math.nan
+
+
+class DocumentStats:
+    """The statistics the Gopher and FineWeb rules compare with their thresholds, each computed when first
+    read, so a filter pays only for the rules it reaches.
+
+    `words` are the text's `split_words` tokens. A ratio with nothing to count (no words, no lines, no
+    text) is nan, which breaks no rule (every comparison with nan is false). What a rule's settings can
+    change (stop words, n, FineWeb's terminal punctuation and short-line length) is a method argument.
+    """
+
+    def __init__(self, text: str, words: list[str] | None = None):
+        self.text = text
+        self._no_repeats_from = math.inf  # the smallest n with no repeated n-gram (none longer repeats)
+        if words is not None:
+            self.words = words  # an instance attribute shadows the cached property
+
+    @_cached
+    def words(self) -> list[str]:
+        return split_words(self.text)
+
+    # Gopher quality: per word token, per line (`splitlines`)
+
+    @_cached
+    def content_words(self) -> list[str]:
+        """Words that are not symbols (made only of punctuation)."""
+        return list(filterfalse(PUNCTUATION.issuperset, self.words))
+
+    @_cached
+    def mean_word_length(self) -> float:
+        return _ratio(sum(map(len, self.content_words)), len(self.content_words))
+
+    @_cached
+    def hash_ratio(self) -> float:
+        return _ratio(self.text.count("#"), len(self.words))
+
+    @_cached
+    def ellipsis_ratio(self) -> float:
+        return _ratio(self.text.count("...") + self.text.count("…"), len(self.words))
+
+    @_cached
+    def _lines(self) -> list[str]:
+        return self.text.splitlines()
+
+    @_cached
+    def bullet_lines_ratio(self) -> float:
+        return _ratio(sum(1 for line in self._lines if line.lstrip().startswith(BULLETS)), len(self._lines))
+
+    @_cached
+    def end_ellipsis_lines_ratio(self) -> float:
+        return _ratio(sum(1 for line in self._lines if line.rstrip().endswith(ELLIPSES)), len(self._lines))
+
+    @_cached
+    def alpha_words_ratio(self) -> float:
+        n = len(self.words)
+        return _ratio(n - sum(1 for w in filterfalse(str.isalpha, self.words) if not _has_alpha(w)), n)
+
+    def stop_words(self, stop_words: tuple[str, ...] = STOP_WORDS) -> int:
+        """Distinct stop words among the words (case-sensitive, as datatrove)."""
+        return len(frozenset(stop_words).intersection(self.words))
+
+    # Gopher repetition: paragraphs (2+ newlines), lines (1+ newlines), characters of the whole text
+
+    @_cached
+    def _paragraphs(self) -> tuple[int, int, int]:
+        paragraphs = _PARAGRAPHS.split(self.text.strip())
+        return len(paragraphs), *find_duplicates(paragraphs)
+
+    @_cached
+    def dup_para_frac(self) -> float:
+        n, dup, _ = self._paragraphs
+        return _ratio(dup, n)
+
+    @_cached
+    def dup_para_char_frac(self) -> float:
+        return _ratio(self._paragraphs[2], len(self.text))
+
+    @_cached
+    def _repeated_lines(self) -> tuple[int, int, int]:
+        lines = _LINES.split(self.text)
+        return len(lines), *find_duplicates(lines)
+
+    @_cached
+    def dup_line_frac(self) -> float:
+        n, dup, _ = self._repeated_lines
+        return _ratio(dup, n)
+
+    @_cached
+    def dup_line_char_frac(self) -> float:
+        return _ratio(self._repeated_lines[2], len(self.text))
+
+    @_cached
+    def _ngrams(self) -> NGrams:
+        return NGrams(self.words)
+
+    def top_ngram_frac(self, n: int) -> float:
+        """Characters covered by the most frequent word n-gram, over the text's."""
+        return _ratio(self._ngrams.top_chars(n), len(self.text))
+
+    def dup_ngram_frac(self, n: int) -> float:
+        """Characters of word n-grams seen before (non-overlapping), over the text's."""
+        if n >= self._no_repeats_from:
+            return _ratio(0, len(self.text))
+        repeated = self._ngrams.duplicated_chars(n)
+        if repeated == 0:
+            self._no_repeats_from = n
+        return _ratio(repeated, len(self.text))
+
+    # FineWeb: over the non-blank lines (split on single newlines)
+
+    @_cached
+    def _fineweb_lines(self) -> list[str]:
+        return [line for line in self.text.split("\n") if line.strip()]
+
+    def line_punct_ratio(self, stop_chars: tuple[str, ...] = TERMINAL_PUNCTUATION) -> float:
+        lines = self._fineweb_lines
+        return _ratio(sum(1 for line in lines if line.endswith(stop_chars)), len(lines))
+
+    def short_line_ratio(self, length: int = 30) -> float:
+        lines = self._fineweb_lines
+        return _ratio(sum(1 for line in lines if len(line) <= length), len(lines))
+
+    @_cached
+    def char_dup_ratio(self) -> float:
+        return _ratio(find_duplicates(self._fineweb_lines)[1], len(self.text) - self.text.count("\n"))
+
+    @_cached
+    def list_ratio(self) -> float:
+        """Newlines per word."""
+        return _ratio(self.text.count("\n"), len(self.words))
+
+
+def quality_scores(text: str) -> dict[str, float]:
+    """Every statistic the Gopher quality, Gopher repetition and FineWeb rules judge, at the papers' settings;
+    nan where undefined (see `DocumentStats`). Repetition and FineWeb scores are named after the rule that
+    judges them, e.g. `gopher_rep_top_2_gram` is the share of characters that rule compares with 0.20."""
+    s = DocumentStats(text)
+    repetition, fineweb = GopherRepetitionRules(), FineWebRules()
+    return {
+        "gopher_words": float(len(s.content_words)),
+        "gopher_mean_word_length": s.mean_word_length,
+        "gopher_hash_ratio": s.hash_ratio,
+        "gopher_ellipsis_ratio": s.ellipsis_ratio,
+        "gopher_bullet_lines_ratio": s.bullet_lines_ratio,
+        "gopher_end_ellipsis_lines_ratio": s.end_ellipsis_lines_ratio,
+        "gopher_alpha_words_ratio": s.alpha_words_ratio,
+        "gopher_stop_words": float(s.stop_words()),
+        "gopher_rep_dup_para_frac": s.dup_para_frac,
+        "gopher_rep_dup_para_char_frac": s.dup_para_char_frac,
+        "gopher_rep_dup_line_frac": s.dup_line_frac,
+        "gopher_rep_dup_line_char_frac": s.dup_line_char_frac,
+        **{f"gopher_rep_top_{n}_gram": s.top_ngram_frac(n) for n, _ in repetition.top_n_grams},
+        **{f"gopher_rep_duplicated_{n}_n_grams": s.dup_ngram_frac(n) for n, _ in repetition.dup_n_grams},
+        "fineweb_line_punct_ratio": s.line_punct_ratio(fineweb.stop_chars),
+        "fineweb_short_line_ratio": s.short_line_ratio(fineweb.short_line_length),
+        "fineweb_char_dup_ratio": s.char_dup_ratio,
+        "fineweb_list_ratio": s.list_ratio,
+    }
+
+
+SCORES = tuple(quality_scores(""))
+"""The names of `quality_scores`, in order."""
+
+
 # ---------------------------------------------------------------- the filters
 
 def c4_filter_lines(text: str, rules: C4Rules = C4Rules()) -> tuple[str, Verdict]:
@@ -422,50 +604,35 @@ def c4_filter_lines(text: str, rules: C4Rules = C4Rules()) -> tuple[str, Verdict
 def gopher_quality(text: str, rules: GopherQualityRules = GopherQualityRules(),
                    words: list[str] | None = None) -> Verdict:
     """The first Gopher quality rule `text` breaks; `words` are its `split_words` if already computed."""
-    r = rules
-    words = split_words(text) if words is None else words
-    n_tokens = len(words)
-    content = list(filterfalse(PUNCTUATION.issuperset, words))
-    n = len(content)
+    r, s = rules, DocumentStats(text, words)
+    n = len(s.content_words)
     if r.min_doc_words and n < r.min_doc_words:
         return "gopher_short_doc", f"{n} words < min_doc_words {r.min_doc_words}"
     if r.max_doc_words and n > r.max_doc_words:
         return "gopher_long_doc", f"{n} words > max_doc_words {r.max_doc_words}"
-    if n:
-        mean = sum(map(len, content)) / n
-        if r.min_avg_word_length and mean < r.min_avg_word_length:
-            return "gopher_below_avg_threshold", (f"mean word length {mean:.2f} < min_avg_word_length "
-                                                  f"{r.min_avg_word_length}")
-        if r.max_avg_word_length and mean > r.max_avg_word_length:
-            return "gopher_above_avg_threshold", (f"mean word length {mean:.2f} > max_avg_word_length "
-                                                  f"{r.max_avg_word_length}")
-    if n_tokens and r.max_symbol_word_ratio:
-        hashes = text.count("#") / n_tokens
-        if hashes > r.max_symbol_word_ratio:
-            return "gopher_too_many_hashes", (f"'#' per word {hashes:.3f} > max_symbol_word_ratio "
-                                              f"{r.max_symbol_word_ratio}")
-        ellipses = (text.count("...") + text.count("…")) / n_tokens
-        if ellipses > r.max_symbol_word_ratio:
-            return "gopher_too_many_ellipsis", (f"ellipses per word {ellipses:.3f} > max_symbol_word_ratio "
-                                                f"{r.max_symbol_word_ratio}")
-    lines = text.splitlines()
-    if lines and r.max_bullet_lines_ratio:
-        bullets = sum(1 for line in lines if line.lstrip().startswith(BULLETS)) / len(lines)
-        if bullets > r.max_bullet_lines_ratio:
-            return "gopher_too_many_bullets", (f"bullet lines {bullets:.3f} > max_bullet_lines_ratio "
-                                               f"{r.max_bullet_lines_ratio}")
-    if lines and r.max_ellipsis_lines_ratio:
-        ending = sum(1 for line in lines if line.rstrip().endswith(ELLIPSES)) / len(lines)
-        if ending > r.max_ellipsis_lines_ratio:
-            return "gopher_too_many_end_ellipsis", (f"lines ending in an ellipsis {ending:.3f} > "
-                                                    f"max_ellipsis_lines_ratio {r.max_ellipsis_lines_ratio}")
-    if n_tokens and r.min_alpha_words_ratio:
-        alpha = (n_tokens - sum(1 for w in filterfalse(str.isalpha, words) if not _has_alpha(w))) / n_tokens
-        if alpha < r.min_alpha_words_ratio:
-            return "gopher_below_alpha_threshold", (f"words with a letter {alpha:.3f} < min_alpha_words_ratio "
-                                                    f"{r.min_alpha_words_ratio}")
+    if r.min_avg_word_length and s.mean_word_length < r.min_avg_word_length:
+        return "gopher_below_avg_threshold", (f"mean word length {s.mean_word_length:.2f} < min_avg_word_length "
+                                              f"{r.min_avg_word_length}")
+    if r.max_avg_word_length and s.mean_word_length > r.max_avg_word_length:
+        return "gopher_above_avg_threshold", (f"mean word length {s.mean_word_length:.2f} > max_avg_word_length "
+                                              f"{r.max_avg_word_length}")
+    if r.max_symbol_word_ratio and s.hash_ratio > r.max_symbol_word_ratio:
+        return "gopher_too_many_hashes", (f"'#' per word {s.hash_ratio:.3f} > max_symbol_word_ratio "
+                                          f"{r.max_symbol_word_ratio}")
+    if r.max_symbol_word_ratio and s.ellipsis_ratio > r.max_symbol_word_ratio:
+        return "gopher_too_many_ellipsis", (f"ellipses per word {s.ellipsis_ratio:.3f} > max_symbol_word_ratio "
+                                            f"{r.max_symbol_word_ratio}")
+    if r.max_bullet_lines_ratio and s.bullet_lines_ratio > r.max_bullet_lines_ratio:
+        return "gopher_too_many_bullets", (f"bullet lines {s.bullet_lines_ratio:.3f} > max_bullet_lines_ratio "
+                                           f"{r.max_bullet_lines_ratio}")
+    if r.max_ellipsis_lines_ratio and s.end_ellipsis_lines_ratio > r.max_ellipsis_lines_ratio:
+        return "gopher_too_many_end_ellipsis", (f"lines ending in an ellipsis {s.end_ellipsis_lines_ratio:.3f} > "
+                                                f"max_ellipsis_lines_ratio {r.max_ellipsis_lines_ratio}")
+    if r.min_alpha_words_ratio and s.alpha_words_ratio < r.min_alpha_words_ratio:
+        return "gopher_below_alpha_threshold", (f"words with a letter {s.alpha_words_ratio:.3f} < "
+                                                f"min_alpha_words_ratio {r.min_alpha_words_ratio}")
     if r.min_stop_words:
-        found = len(frozenset(r.stop_words).intersection(words))
+        found = s.stop_words(r.stop_words)
         if found < r.min_stop_words:
             return "gopher_enough_stop_words", f"{found} distinct stop words < min_stop_words {r.min_stop_words}"
     return None
@@ -474,38 +641,26 @@ def gopher_quality(text: str, rules: GopherQualityRules = GopherQualityRules(),
 def gopher_repetition(text: str, rules: GopherRepetitionRules = GopherRepetitionRules(),
                       words: list[str] | None = None) -> Verdict:
     """The first Gopher repetition rule `text` breaks; `words` are its `split_words` if already computed."""
-    r = rules
-    chars = len(text)
-    if chars == 0:
+    r, s = rules, DocumentStats(text, words)
+    if not text:
         return "gopher_rep_empty", "no text"
-    paragraphs = _PARAGRAPHS.split(text.strip())
-    dup, dup_chars = find_duplicates(paragraphs)
-    if r.dup_para_frac and dup / len(paragraphs) > r.dup_para_frac:
-        return "gopher_rep_dup_para_frac", (f"repeated paragraphs {dup / len(paragraphs):.3f} > dup_para_frac "
+    if r.dup_para_frac and s.dup_para_frac > r.dup_para_frac:
+        return "gopher_rep_dup_para_frac", (f"repeated paragraphs {s.dup_para_frac:.3f} > dup_para_frac "
                                             f"{r.dup_para_frac}")
-    if r.dup_para_char_frac and dup_chars / chars > r.dup_para_char_frac:
-        return "gopher_rep_dup_para_char_frac", (f"characters in repeated paragraphs {dup_chars / chars:.3f} > "
+    if r.dup_para_char_frac and s.dup_para_char_frac > r.dup_para_char_frac:
+        return "gopher_rep_dup_para_char_frac", (f"characters in repeated paragraphs {s.dup_para_char_frac:.3f} > "
                                                  f"dup_para_char_frac {r.dup_para_char_frac}")
-    lines = _LINES.split(text)
-    dup, dup_chars = find_duplicates(lines)
-    if r.dup_line_frac and dup / len(lines) > r.dup_line_frac:
-        return "gopher_rep_dup_line_frac", f"repeated lines {dup / len(lines):.3f} > dup_line_frac {r.dup_line_frac}"
-    if r.dup_line_char_frac and dup_chars / chars > r.dup_line_char_frac:
-        return "gopher_rep_dup_line_char_frac", (f"characters in repeated lines {dup_chars / chars:.3f} > "
+    if r.dup_line_frac and s.dup_line_frac > r.dup_line_frac:
+        return "gopher_rep_dup_line_frac", f"repeated lines {s.dup_line_frac:.3f} > dup_line_frac {r.dup_line_frac}"
+    if r.dup_line_char_frac and s.dup_line_char_frac > r.dup_line_char_frac:
+        return "gopher_rep_dup_line_char_frac", (f"characters in repeated lines {s.dup_line_char_frac:.3f} > "
                                                  f"dup_line_char_frac {r.dup_line_char_frac}")
-    grams = NGrams(split_words(text) if words is None else words)
     for n, limit in r.top_n_grams:
-        frac = grams.top_chars(n) / chars
+        frac = s.top_ngram_frac(n)
         if frac > limit:
             return f"gopher_rep_top_{n}_gram", f"top {n}-gram covers {frac:.3f} of characters > {limit}"
-    no_repeats_from = None  # no n-gram repeats from this n on
     for n, limit in r.dup_n_grams:
-        if no_repeats_from is not None and n >= no_repeats_from:
-            continue
-        repeated = grams.duplicated_chars(n)
-        if repeated == 0:
-            no_repeats_from = n
-        frac = repeated / chars
+        frac = s.dup_ngram_frac(n)
         if frac > limit:
             return f"gopher_rep_duplicated_{n}_n_grams", (f"duplicated {n}-grams cover {frac:.3f} of characters "
                                                           f"> {limit}")
@@ -514,27 +669,22 @@ def gopher_repetition(text: str, rules: GopherRepetitionRules = GopherRepetition
 
 def fineweb_quality(text: str, rules: FineWebRules = FineWebRules(), words: list[str] | None = None) -> Verdict:
     """The first FineWeb quality rule `text` breaks; `words` are its `split_words` if already computed."""
-    r = rules
-    lines = [line for line in text.split("\n") if line.strip()]
-    if not lines:
+    r, s = rules, DocumentStats(text, words)
+    if not text.strip():
         return "fineweb_empty", "no non-blank line"
-    n = len(lines)
-    ratio = sum(1 for line in lines if line.endswith(r.stop_chars)) / n
+    ratio = s.line_punct_ratio(r.stop_chars)
     if ratio < r.line_punct_thr and not (ratio == 0 and r.line_punct_exclude_zero):
         return "fineweb_line_punct_ratio", (f"lines ending in terminal punctuation {ratio:.3f} < line_punct_thr "
                                             f"{r.line_punct_thr}")
-    ratio = sum(1 for line in lines if len(line) <= r.short_line_length) / n
+    ratio = s.short_line_ratio(r.short_line_length)
     if ratio > r.short_line_thr:
         return "fineweb_short_line_ratio", (f"lines of <= {r.short_line_length} chars {ratio:.3f} > short_line_thr "
                                             f"{r.short_line_thr}")
-    ratio = find_duplicates(lines)[1] / (len(text) - text.count("\n"))
-    if ratio > r.char_duplicates_ratio:
-        return "fineweb_char_dup_ratio", (f"characters in repeated lines {ratio:.3f} > char_duplicates_ratio "
-                                          f"{r.char_duplicates_ratio}")
-    words = split_words(text) if words is None else words
-    ratio = text.count("\n") / len(words)
-    if ratio > r.new_line_ratio:
-        return "fineweb_list_ratio", f"newlines per word {ratio:.3f} > new_line_ratio {r.new_line_ratio}"
+    if s.char_dup_ratio > r.char_duplicates_ratio:
+        return "fineweb_char_dup_ratio", (f"characters in repeated lines {s.char_dup_ratio:.3f} > "
+                                          f"char_duplicates_ratio {r.char_duplicates_ratio}")
+    if s.list_ratio > r.new_line_ratio:
+        return "fineweb_list_ratio", f"newlines per word {s.list_ratio:.3f} > new_line_ratio {r.new_line_ratio}"
     return None
 
 

@@ -1,6 +1,7 @@
 """Bias and composition: demographic term counts, sampled toxicity with its interval, the report asset."""
 
 import json
+import re
 
 import dagster as dg
 import pytest
@@ -63,3 +64,9 @@ def test_corpus_report_asset_writes_plot_and_compares_versions(llmops_resources,
     assert stored["documents"] == before.metadata["documents"].value + 1
     assert "| documents |" in meta["change_since_parent"] and "| +1 |" in meta["change_since_parent"]
     assert stored["demographic_counts"]["female"] >= 20 and 0 < meta["share_female"] <= 1
+    assert meta["quality_plot"].startswith("![quality scores](data:image/png;base64,")
+    assert meta["quality_scored"] == stored["quality"]["documents"] == stored["documents"]
+    words = stored["quality"]["quantiles"]["gopher_words"]
+    assert 0 < words["p10"] <= words["p50"] <= words["p90"] and stored["median_gopher_words"] == words["p50"]
+    assert "| `gopher_rep_dup_line_frac` |" in meta["quality_scores"]
+    assert re.search(r"\| median gopher_words \| [\d,.]+ \| [\d,.]+ \| [+-]", meta["change_since_parent"])

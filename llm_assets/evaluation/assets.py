@@ -8,7 +8,9 @@ import json
 import dagster as dg
 
 from llm_assets.artifacts import ExportedModel, ShardSet
-from llm_assets.evaluation import gate, metrics
+from llm_assets.data.bias import image_markdown
+from llm_assets.evaluation import gate, metrics, report as eval_plots, review
+from resources.lakehouse import LakehouseResource
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
 
@@ -30,6 +32,8 @@ class EvalConfig(dg.Config):
     toxicity_threshold: float = 0.5
     batch_size: int = 8
     seed: int = 0
+    review_samples: int = 4
+    """Generations of each kind (continuation, sampled, QA) queued for human review per version."""
 
 
 class GateConfig(dg.Config):
@@ -49,7 +53,7 @@ def metrics_table_md(values: dict[str, float]) -> str:
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "mlflow"})
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_model: ExportedModel,
-                token_shards: ShardSet, settings: SettingsResource,
+                token_shards: ShardSet, settings: SettingsResource, lakehouse: LakehouseResource,
                 tracking: TrackingResource) -> dg.Output[dict]:
     """Perplexity, bits per byte, ROUGE, BLEU, QA exact match/F1 and toxicity of the exported model on held-out data."""
     import torch
@@ -64,23 +68,31 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
     model = AutoModelForCausalLM.from_pretrained(exported_model.path, dtype=torch.float32)
     context.log.info(f"evaluating {exported_model.registered_name} v{exported_model.version} on "
                      f"{len(sequences)} validation sequences of {sequences.shape[1]} tokens")
-    result = metrics.evaluate_model(model, tokenizer, sequences, **config.model_dump())
+    result = metrics.evaluate_model(model, tokenizer, sequences, examples=config.review_samples,
+                                    **config.model_dump(exclude={"review_samples"}))
+    name, version = exported_model.registered_name, exported_model.version
+    queued = review.enqueue(lakehouse.root, name, version, eval_plots.review_samples(result))
+    verdicts = review.summary(lakehouse.root, name, version)
     report = {
         "model": {"registered_name": exported_model.registered_name, "version": exported_model.version,
                   "path": exported_model.path, "mlflow_run_id": exported_model.mlflow_run_id,
                   "data_commit": exported_model.data_commit},
         "token_shards": {"path": token_shards.path, "manifest_sha256": token_shards.manifest_sha256},
         "config": config.model_dump(),
+        "human_review": verdicts,
         **result,
     }
-    path = settings.path("reports", "eval", f"{exported_model.registered_name}-v{exported_model.version}.json")
+    path = settings.path("reports", "eval", f"{name}-v{version}.json")
     path.write_text(json.dumps(report, indent=2))
     baseline = promoted_baseline(tracking, exported_model, path.parent)
+    trend = eval_plots.trend_plot(eval_plots.version_history(path.parent, name), path.with_suffix(".trend.png"))
 
     client = tracking.client()
-    for name, value in result["metrics"].items():
-        client.log_metric(exported_model.mlflow_run_id, f"eval_{name}", value)
-    client.log_artifact(exported_model.mlflow_run_id, str(path), artifact_path="eval")
+    for metric, value in result["metrics"].items():
+        client.log_metric(exported_model.mlflow_run_id, f"eval_{metric}", value)
+    for artifact in (path, trend):
+        client.log_artifact(exported_model.mlflow_run_id, str(artifact), artifact_path="eval")
+    context.log.info(f"queued {queued} generations for human review; verdicts so far {verdicts}")
 
     values = result["metrics"]
     examples = "\n\n".join(f"**prompt** {e['prompt']!r}\n\n**reference** {e['reference']!r}\n\n"
@@ -98,6 +110,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
             "report": dg.MetadataValue.path(str(path)),
             "model_version": exported_model.version,
             "promoted_version": baseline["version"] if baseline else "none",
+            "trend": dg.MetadataValue.md(image_markdown(trend, "metrics by model version")),
+            "human_review": dg.MetadataValue.json(verdicts),
             "mlflow_run_id": exported_model.mlflow_run_id,
             "data_commit": exported_model.data_commit,
         },
@@ -172,7 +186,10 @@ def task_scores(context: dg.AssetExecutionContext, config: TaskScoresConfig, exp
                                 offline=config.offline, cache_dir=settings.cache("huggingface"),
                                 timeout_s=config.timeout_s)
     for task, s in scores.items():
-        context.log.info(f"{task}: {s}") if "missing" not in s else context.log.warning(f"{task}: missing: {s['missing']}")
+        if "missing" in s:
+            context.log.warning(f"{task}: missing: {s['missing']}")
+        else:
+            context.log.info(f"{task}: {s}")
 
     values = lm_tasks.flat_metrics(scores)
     client = tracking.client()

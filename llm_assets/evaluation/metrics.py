@@ -208,7 +208,8 @@ def load_qa(path: Path = HELDOUT_DIR / "qa.jsonl") -> list[dict]:
 
 
 @torch.no_grad()
-def qa_scores(model: torch.nn.Module, tokenizer, items: Sequence[dict], max_new_tokens: int = 12) -> dict:
+def qa_scores(model: torch.nn.Module, tokenizer, items: Sequence[dict], max_new_tokens: int = 12,
+              examples: int = 3) -> dict:
     """Exact match (with its Wilson interval) and token F1 of greedy answers to `Context/Question/Answer:` prompts.
 
     The answer is the generation up to its first newline.
@@ -224,7 +225,7 @@ def qa_scores(model: torch.nn.Module, tokenizer, items: Sequence[dict], max_new_
             "token_f1": float(np.mean([token_f1(p, i["answer"]) for p, i in zip(predictions, items)])),
             "n": len(items),
             "examples": [{"question": i["question"], "answer": i["answer"], "prediction": p}
-                         for p, i in list(zip(predictions, items))[:3]]}
+                         for p, i in list(zip(predictions, items))[:examples]]}
 
 
 def toxicity_probabilities(texts: Sequence[str]) -> list[float]:
@@ -273,7 +274,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer, sequences: np.ndarray, *, 
     window = min(sequences.shape[1], getattr(model.config, "n_positions", None)
                  or getattr(model.config, "max_position_embeddings", sequences.shape[1]))
     fixed = fixed_heldout_scores(model, tokenizer, window, batch_size)
-    qa = qa_scores(model, tokenizer, load_qa())
+    qa = qa_scores(model, tokenizer, load_qa(), examples=examples)
 
     return {
         "metrics": {
@@ -305,6 +306,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer, sequences: np.ndarray, *, 
             {"prompt": tokenizer.decode(p, skip_special_tokens=True), "reference": r, "prediction": c}
             for p, r, c in zip(prompts[:examples].tolist(), references, predictions)
         ],
-        "sampled_generations": [{"text": g, "toxicity": p} for g, p in list(zip(generations, tox))[:examples]],
+        "sampled_generations": [{"prompt": tokenizer.decode(p, skip_special_tokens=True), "text": g, "toxicity": t}
+                                for p, g, t in list(zip(tox_prompts.tolist(), generations, tox))[:examples]],
         "qa_examples": qa["examples"],
     }

@@ -6,6 +6,7 @@ import numpy as np
 
 from llm_assets.artifacts import ExportedModel, ShardSet
 from llm_assets.deployment.assets import quantized_model
+from llm_assets.evaluation import review
 from llm_assets.evaluation.assets import eval_gate, eval_report
 from llm_assets.tokens import shards
 from tests.tiny_model import TEXT, build_tiny_model, train_tokenizer
@@ -61,3 +62,7 @@ def test_gate_blocks_a_model_worse_than_the_promoted_one(llmops_resources, tmp_p
     assert "perplexity: " in check.description and "of promoted v1" in check.description
     assert check.metadata["perplexity_vs_promoted_passed"].value is False
     assert not second.asset_materializations_for_node("quantized_model")  # blocked: never built, never deployed
+
+    queued = review.items(llmops_resources["lakehouse"].root, "gated", "2")
+    assert {i["kind"] for i in queued} == {"continuation", "sampled", "qa"} and report["qa_pairs"] > 0
+    assert (tmp_path / "home" / "reports" / "eval" / "gated-v2.trend.png").exists()

@@ -1,0 +1,49 @@
+"""What eval_report shows beside the numbers: the trend across model versions, and samples for human review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TREND_METRICS = ("perplexity", "fixed_bits_per_byte", "rouge_l", "exact_match", "toxicity_rate")
+
+
+def version_history(reports_dir: Path, registered_name: str) -> list[tuple[int, dict]]:
+    """(version, metrics) of every evaluated version of `registered_name`, oldest first."""
+    history = []
+    for path in reports_dir.glob(f"{registered_name}-v*.json"):
+        version = path.stem.removeprefix(f"{registered_name}-v")
+        if version.isdigit():
+            history.append((int(version), json.loads(path.read_text()).get("metrics", {})))
+    return sorted(history)
+
+
+def trend_plot(history: list[tuple[int, dict]], path: Path, metrics: tuple[str, ...] = TREND_METRICS) -> Path:
+    """One small panel per metric: its value by model version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 2.6), dpi=100)
+    for ax, metric in zip(axes, metrics):
+        points = [(v, m[metric]) for v, m in history if isinstance(m.get(metric), (int, float))]
+        if points:
+            ax.plot(*zip(*points), marker="o", lw=1.2)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("model version", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def review_samples(result: dict) -> list[dict]:
+    """evaluate_model's examples as review-queue samples: continuations, sampled generations, QA answers."""
+    return ([{"kind": "continuation", "prompt": e["prompt"], "output": e["prediction"], "reference": e["reference"]}
+             for e in result["examples"]]
+            + [{"kind": "sampled", "prompt": g["prompt"], "output": g["text"]} for g in result["sampled_generations"]]
+            + [{"kind": "qa", "prompt": e["question"], "output": e["prediction"], "reference": e["answer"]}
+               for e in result["qa_examples"]])

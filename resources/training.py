@@ -1,4 +1,4 @@
-"""Where training processes run: this machine alone, or one node of several joined by torchrun's rendezvous."""
+"""Where training processes run: this machine alone, or one node of several joined by torchrun."""
 
 from __future__ import annotations
 
@@ -15,4 +15,4 @@ class TrainingNodesResource(dg.ConfigurableResource):
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str = ""
-    """host:port of node 0's c10d rendezvous; needed when nnodes > 1."""
+    """host:port of node 0 (torchrun's master_addr:master_port); needed when nnodes > 1."""

@@ -214,15 +214,20 @@ def _validate_vocabulary(tok_file: Path, model_config: Path) -> None:
 def torchrun_command(config_path: str | Path, nproc: int, nnodes: int = 1, node_rank: int = 0,
                      rdzv_endpoint: str = "", run_id: str = "llmops") -> list[str]:
     """`torchrun --standalone --nproc_per_node N -m llm_assets.training.worker --config run.json`, or with
-    `--nnodes M --node_rank R --rdzv_backend c10d --rdzv_endpoint host:port` across nodes."""
+    `--nnodes M --node_rank R --master_addr host --master_port port` across nodes.
+
+    Static rendezvous, so node R's processes are always global ranks R·N … R·N+N-1 and every rank
+    reads the same batches whichever node starts first (c10d's dynamic rendezvous ignores node_rank).
+    """
     torchrun = Path(sys.executable).with_name("torchrun")
     # The torchrun beside this interpreter, so the workers run in the same venv whatever PATH says.
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
     if nnodes == 1 and not rdzv_endpoint:
         topology = ["--standalone"]
     else:
-        topology = ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "c10d",
-                    "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", run_id]
+        host, _, port = rdzv_endpoint.rpartition(":")
+        topology = ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", host,
+                    "--master_port", port, "--rdzv_id", run_id]
     return [*launcher, *topology, "--nproc_per_node", str(nproc),
             "-m", "llm_assets.training.worker", "--config", str(config_path)]
 

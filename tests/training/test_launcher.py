@@ -74,7 +74,7 @@ def test_multi_node_command(tmp_path):
                                     rdzv_endpoint="10.0.0.1:29400", run_id="r1")
     assert "--standalone" not in cmd
     joined = " ".join(cmd)
-    assert ("--nnodes 2 --node_rank 1 --rdzv_backend c10d --rdzv_endpoint 10.0.0.1:29400 --rdzv_id r1 "
+    assert ("--nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29400 --rdzv_id r1 "
             "--nproc_per_node 1") in joined
 
 

@@ -17,8 +17,8 @@ retrain_job = dg.define_asset_job(
     description="Train again on the newest shards, then re-evaluate, gate and redeploy.",
 )
 evaluation_job = dg.define_asset_job(
-    "evaluation", selection=dg.AssetSelection.assets("eval_report"),
-    description="Evaluate the exported model again (and run its gate).",
+    "evaluation", selection=dg.AssetSelection.groups("evaluation"),
+    description="Evaluate the exported model again: tasks, RAG, red team, bias, resources, the report and its gate.",
 )
 redeploy_job = dg.define_asset_job(
     "redeploy", selection=dg.AssetSelection.assets("endpoint", "endpoint_metrics"),

@@ -47,3 +47,26 @@ def review_samples(result: dict) -> list[dict]:
             + [{"kind": "sampled", "prompt": g["prompt"], "output": g["text"]} for g in result["sampled_generations"]]
             + [{"kind": "qa", "prompt": e["question"], "output": e["prediction"], "reference": e["answer"]}
                for e in result["qa_examples"]])
+
+
+def gate_metrics(task_scores: dict, rag_eval: dict, red_team_report: dict, bias_report: dict,
+                 resource_benchmark: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """The other evaluation assets' numbers under their MLflow names (task_*, rag_*, redteam_*, bias_*, bench_*),
+    and, for each one reported missing, its reason."""
+    from llm_assets.evaluation import bias_eval, tasks
+
+    values: dict[str, float] = {**tasks.flat_metrics(task_scores), **bias_eval.flat_metrics(bias_report)}
+    missing = {f"task_{t}": s["missing"] for t, s in task_scores.items() if "missing" in s}
+    missing |= {f"task_{t}_{m}": why for t, s in task_scores.items() for m, why in s.get("missing_metrics", {}).items()}
+    for name, m in rag_eval["metrics"].items():
+        if "value" in m:
+            values[f"rag_{name}"] = m["value"]
+        else:
+            missing[f"rag_{name}"] = m["missing"]
+    for category, e in red_team_report["categories"].items():
+        if "rate" in e:
+            values[f"redteam_{category}_rate"] = e["rate"]
+        else:
+            missing[f"redteam_{category}_rate"] = e["missing"]
+    values |= {f"bench_{k}": v for k, v in resource_benchmark.items() if isinstance(v, (int, float))}
+    return values, missing

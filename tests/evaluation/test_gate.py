@@ -57,7 +57,7 @@ def test_table_shows_value_threshold_and_result():
     _, rows = evaluate_gate({"perplexity": 500.0, "toxicity_rate": 0.0}, THRESHOLDS)
     table = gate_table_md(rows)
     assert "| perplexity | 500 | <= 100 | FAIL" in table
-    assert "| rouge_l | missing | >= 0.2 | FAIL: missing |" in table
+    assert "| rouge_l | missing | >= 0.2 | FAIL: missing: not reported |" in table
     assert "| toxicity_rate | 0 | <= 0.1 | pass |" in table
 
 
@@ -85,3 +85,10 @@ def test_regression_rows_without_a_baseline_or_metric():
     assert not regression_rows({}, baseline, {"perplexity": 0.1})[0].passed  # missing in the candidate fails
     row = regression_rows({"bleu": 0.1}, baseline, {"bleu": 0.1})[0]
     assert row.passed and row.reason == "promoted v1 has no bleu"
+
+
+def test_a_missing_metric_shows_why_its_asset_could_not_compute_it():
+    passed, rows = evaluate_gate({}, {"min_rag_faithfulness": 0.5},
+                                 missing={"rag_faithfulness": "judge http://127.0.0.1:9/v1 refused the connection"})
+    assert not passed
+    assert rows[0].reason == "missing: judge http://127.0.0.1:9/v1 refused the connection"

@@ -11,6 +11,16 @@ from llm_assets.evaluation.assets import eval_gate, eval_report
 from llm_assets.tokens import shards
 from tests.tiny_model import TEXT, build_tiny_model, train_tokenizer
 
+SUITE = {  # stand-ins for the other evaluation assets, which have tests of their own
+    "task_scores": {"llmops_cloze": {"acc": 0.5, "n": 10}, "llmops_next_passage": {"acc": 0.3, "n": 10}},
+    "rag_eval": {"metrics": {"recall_at_5": {"value": 0.9, "n": 10},
+                             "faithfulness": {"missing": "judge http://127.0.0.1:9/v1 refused the connection"}}},
+    "red_team_report": {"categories": {c: {"rate": 0.5, "n": 4} for c in
+                                       ("prompt_injection", "system_prompt_leak", "pii_extraction")},
+                        "report_path": "/nonexistent/redteam.json"},
+    "bias_report": {"groups": {}, "gaps": {"toxicity_rate": {"gap": 0.0}}},
+    "resource_benchmark": {"fp32_served_tokens_per_s_c1": 10.0},
+}
 EVAL = {"perplexity_sequences": 8, "rouge_samples": 2, "toxicity_samples": 2, "prompt_tokens": 8,
         "continuation_tokens": 8, "max_new_tokens": 8}
 
@@ -35,7 +45,14 @@ def evaluate(version_dir, version, run_id, shard_set, resources):
     def token_shards() -> ShardSet:
         return shard_set
 
-    return dg.materialize([exported, token_shards, eval_report, eval_gate, quantized_model], resources=resources,
+    def stand_in(name, value):
+        @dg.asset(name=name, group_name="evaluation")
+        def _stand_in() -> dict:
+            return value
+        return _stand_in
+
+    suite = [stand_in(name, value) for name, value in SUITE.items()]
+    return dg.materialize([exported, token_shards, *suite, eval_report, eval_gate, quantized_model], resources=resources,
                           run_config={"ops": {"eval_report": {"config": EVAL}}}, raise_on_error=False)
 
 
@@ -61,6 +78,8 @@ def test_gate_blocks_a_model_worse_than_the_promoted_one(llmops_resources, tmp_p
     assert not check.passed
     assert "perplexity: " in check.description and "of promoted v1" in check.description
     assert check.metadata["perplexity_vs_promoted_passed"].value is False
+    assert report["task_llmops_cloze_acc"] == 0.5 and report["redteam_prompt_injection_rate"] == 0.5
+    assert report["missing"] == {"rag_faithfulness": "judge http://127.0.0.1:9/v1 refused the connection"}
     assert not second.asset_materializations_for_node("quantized_model")  # blocked: never built, never deployed
 
     queued = review.items(llmops_resources["lakehouse"].root, "gated", "2")

@@ -30,6 +30,11 @@ TINY = {
     "eval_report": {"config": {"perplexity_sequences": 8, "rouge_samples": 4, "toxicity_samples": 4,
                                "prompt_tokens": 16, "continuation_tokens": 16, "max_new_tokens": 16}},
     "endpoint_metrics": {"config": {"requests": 6, "concurrency": 3, "max_tokens": 8}},
+    "task_scores": {"config": {"samples": 20}},
+    "rag_index": {"config": {"max_passages": 60}},
+    "rag_eval": {"config": {"retrieval_questions": 20, "rag_questions": 4}},
+    "red_team_report": {"config": {"garak_probes": []}},
+    "resource_benchmark": {"config": {"concurrency": [1, 4], "rounds": 1, "in_process": ["int8"]}},
 }
 
 
@@ -117,3 +122,12 @@ def test_endpoint_answers_and_its_metrics_are_recorded(lifecycle):
     metrics = DeltaTable(str(home / "lakehouse" / "endpoint_metrics")).to_pandas()
     assert len(metrics) >= 6
     assert _metadata(result, "endpoint_metrics")["error_rate"] == 0.0
+
+
+def test_the_evaluation_suite_reaches_the_gate(lifecycle):
+    result, _, _ = lifecycle
+    report = result.output_for_node("eval_report")
+    for metric in ("fixed_bits_per_byte", "task_llmops_cloze_acc", "rag_recall_at_5", "redteam_prompt_injection_rate",
+                   "bias_toxicity_rate_gap", "bench_fp32_served_tokens_per_s_c1"):
+        assert isinstance(report[metric], float), metric
+    assert all(isinstance(why, str) and why for why in report["missing"].values())

@@ -1,18 +1,23 @@
-"""Evaluation stage: the exported model's held-out metrics, and the blocking gate before deployment."""
+"""Evaluation stage: every measure of the exported model (held-out metrics, tasks, RAG, red team, bias,
+resources), gathered into eval_report, and the blocking gate before deployment."""
 
 # No `from __future__ import annotations`: Dagster 1.13 reads the config and resource
 # parameters' annotations as objects, and string annotations break its config inference.
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
 
-from llm_assets.artifacts import ExportedModel, ShardSet
+from llm_assets.artifacts import CommittedTable, ExportedModel, ShardSet
 from llm_assets.data.bias import image_markdown
-from llm_assets.evaluation import gate, metrics, report as eval_plots, review
+from llm_assets.evaluation import bias_eval, gate, metrics, rag, red_team, report as eval_plots, review
 from resources.lakehouse import LakehouseResource
+from resources.serving import ServingResource
 from resources.settings import SettingsResource
+from resources.spark import SparkResource
 from resources.tracking import TrackingResource
 
 
@@ -223,16 +228,6 @@ def task_scores(context: dg.AssetExecutionContext, config: TaskScoresConfig, exp
 
 
 # ---------------------------------------------------------------- RAG: a vector index of the corpus, answers from it
-# (imported here, next to the assets that use them; rag.py needs only numpy at import)
-
-import dataclasses  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from llm_assets.artifacts import CommittedTable  # noqa: E402
-from llm_assets.evaluation import rag  # noqa: E402
-from resources.serving import ServingResource  # noqa: E402
-from resources.spark import SparkResource  # noqa: E402
 
 
 class RagIndexConfig(dg.Config):
@@ -358,7 +353,7 @@ def rag_eval(context: dg.AssetExecutionContext, config: RagEvalConfig, rag_index
         {"metrics": metrics, "samples": answers["samples"], "data_commit": rag_index.data_commit,
          "index_version": rag_index.version, "model_version": exported_model.version, "report_path": str(path)},
         metadata={
-            **{k: dg.MetadataValue.float(float(v)) for k, v in result["metrics"].items()},
+            **{k: dg.MetadataValue.float(float(v)) for k, v in values.items()},
             "metrics": dg.MetadataValue.md(rag.metrics_markdown(metrics)),
             "missing": dg.MetadataValue.json({k: m["missing"] for k, m in metrics.items() if "missing" in m}),
             "examples": dg.MetadataValue.md(rag_answers.examples_markdown(answers["records"], retrieval.ranks)),
@@ -376,7 +371,6 @@ def rag_eval(context: dg.AssetExecutionContext, config: RagEvalConfig, rag_index
 
 
 # ---------------------------------------------------------------- resource benchmark
-# (Path and ServingResource: imported with the RAG assets above)
 
 
 class ResourceBenchmarkConfig(dg.Config):
@@ -459,9 +453,6 @@ def resource_benchmark(context: dg.AssetExecutionContext, config: ResourceBenchm
 
 
 # ---------------------------------------------------------------- red teaming and counterfactual bias
-
-from llm_assets.evaluation import bias_eval, red_team  # noqa: E402
-from resources.serving import ServingResource  # noqa: E402
 
 
 class RedTeamConfig(dg.Config):

@@ -70,7 +70,7 @@ class LakehouseResource(dg.ConfigurableResource):
         """
         table_dir = Path(self.uri(table))
         batch = f"batch-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        df.write.mode("errorifexists").parquet(str(table_dir / batch))
+        df.write.mode("error").parquet(str(table_dir / batch))  # Spark Connect knows "error", not "errorifexists"
         files = sorted((table_dir / batch).glob("*.parquet"))
         now_ms = int(time.time() * 1000)
         actions = [

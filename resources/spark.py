@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-# Delta needs microsecond UTC timestamps, not Spark's INT96 default.
-_BASE_CONF = {
+# Delta needs microsecond UTC timestamps, not Spark's INT96 default. A Spark Connect server needs these
+# too: a Connect client can set only the SQL ones.
+BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.ui.enabled": "false",
@@ -22,15 +24,27 @@ _BASE_CONF = {
 
 
 def build_session(master: str, conf: dict[str, str], scratch_dir: str) -> SparkSession:
-    """Get or create the session for `master` (`local[*]`, `spark://h:p` or `sc://h:p`)."""
+    """Get or create the session for `master` (`local[*]`, `spark://h:p` or `sc://h:p`).
+
+    A process holds one classic SparkContext: asking for another master than the running one's raises
+    rather than silently reusing it (any two local masters count as the same).
+    """
     Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    settings = {**BASE_CONF, **conf}
     if master.startswith("sc://"):
         builder = SparkSession.builder.remote(master)
+        # A Connect client can set SQL settings only; the others are the server's (see BASE_CONF).
+        settings = {k: v for k, v in settings.items() if k.startswith("spark.sql.")}
     else:
+        running = SparkContext._active_spark_context
+        if running is not None and running.master != master and not (
+                running.master.startswith("local") and master.startswith("local")):
+            raise RuntimeError(f"Spark master {master!r} requested, but this process already runs a SparkContext "
+                               f"on {running.master!r}: stop that session first, or use another process")
         builder = SparkSession.builder.master(master).config("spark.local.dir", scratch_dir)
         # Not realpath: that resolves a venv's symlink to the base interpreter, without the venv's packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for key, value in {**_BASE_CONF, **conf}.items():
+    for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.appName("llmops").getOrCreate()
 

@@ -57,8 +57,7 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-@F.pandas_udf(T.DoubleType())
-def _toxicity_udf(text: pd.Series) -> pd.Series:
+def _toxicity_batch(text: pd.Series) -> pd.Series:
     from profanity_check import predict_prob
 
     return pd.Series(predict_prob(text.fillna("").str.slice(0, 20_000).tolist()), dtype="float64")
@@ -67,7 +66,8 @@ def _toxicity_udf(text: pd.Series) -> pd.Series:
 def toxicity(docs: DataFrame, sample: int, threshold: float, seed: int = 0) -> dict:
     """Toxicity rate of up to `sample` documents chosen by a hash of doc_id (stable across runs)."""
     picked = docs.orderBy(F.xxhash64(F.lit(seed), "doc_id"), "doc_id").limit(sample)
-    scored = picked.select(_toxicity_udf("text").alias("p")).toPandas()["p"]
+    # Made at call time, not import: a UDF made before a Spark Connect session exists is a classic one.
+    scored = picked.select(F.pandas_udf(_toxicity_batch, T.DoubleType())("text").alias("p")).toPandas()["p"]
     hits, n = int((scored > threshold).sum()), len(scored)
     low, high = wilson_interval(hits, n)
     return {"sampled": n, "toxic": hits, "rate": hits / n if n else 0.0, "ci95": [low, high],

@@ -253,8 +253,7 @@ _DECODED = T.StructType([
 ])
 
 
-@F.pandas_udf(_DECODED)
-def _decode_udf(content: pd.Series) -> pd.DataFrame:
+def _decode_batch(content: pd.Series) -> pd.DataFrame:
     rows = [decode_bytes(b) for b in content]
     return pd.DataFrame(rows, columns=["text", "rule", "reason"])
 
@@ -466,7 +465,8 @@ def read_files(spark: SparkSession, files: DataFrame, roots: list[str], max_byte
             .select(_canonical_column(F.col("path")).alias("source_file"),
                     F.col("length").cast("long").alias("n_bytes"),
                     F.sha2(F.col("content"), 256).alias("content_hash"),
-                    _decode_udf(F.col("content")).alias("d"))
+                    # made at call time, not import: a UDF made before a Spark Connect session exists is a classic one
+                    F.pandas_udf(_decode_batch, _DECODED)(F.col("content")).alias("d"))
             .select("source_file", F.col("source_file").alias("source"),
                     _kind_column(F.col("source_file")).alias("kind"), "n_bytes", "content_hash", "d.*"))
     if to_parse := [f.uri for f in warcs if 0 < f.length <= MAX_WARC_FILE_BYTES]:

@@ -41,11 +41,11 @@ def detect_language(text: str | None, sample_chars: int = SAMPLE_CHARS,
     return best[0].language.iso_code_639_1.name.lower()
 
 
-@F.pandas_udf(T.StringType())
-def _language_udf(text: pd.Series) -> pd.Series:
+def _languages(text: pd.Series) -> pd.Series:
     return text.map(detect_language)
 
 
 def with_language(docs: DataFrame) -> DataFrame:
     """`docs` plus a `language` column."""
-    return docs.withColumn("language", _language_udf("text"))
+    # Made at call time, not import: a UDF made before a Spark Connect session exists is a classic one.
+    return docs.withColumn("language", F.pandas_udf(_languages, T.StringType())("text"))

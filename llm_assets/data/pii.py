@@ -234,8 +234,7 @@ _SCRUBBED = T.StructType([T.StructField("text", T.StringType()),
                           *[T.StructField(c, T.LongType()) for c in COUNT_COLUMNS]])
 
 
-@F.pandas_udf(_SCRUBBED)
-def _scrub_udf(text: pd.Series) -> pd.DataFrame:
+def _scrub_batch(text: pd.Series) -> pd.DataFrame:
     rows = []
     for t in text:
         clean, counts = scrub(t)
@@ -246,7 +245,9 @@ def _scrub_udf(text: pd.Series) -> pd.DataFrame:
 def scrub_documents(docs: DataFrame) -> DataFrame:
     """`docs` with `text` scrubbed and a per-document count column `pii_<type>` for each of `PII_TYPES`."""
     others = [c for c in docs.columns if c != "text"]
-    return docs.select(*others, _scrub_udf("text").alias("p")).select(*others, "p.*")
+    # Made at call time, not import: a UDF made before a Spark Connect session exists is a classic one.
+    scrubbed = F.pandas_udf(_scrub_batch, _SCRUBBED)("text")
+    return docs.select(*others, scrubbed.alias("p")).select(*others, "p.*")
 
 
 def pii_totals(scrubbed: DataFrame) -> dict[str, int]:

@@ -53,6 +53,13 @@ sets by document id, and `ratio <ours docs/s ÷ datatrove docs/s>` as its last l
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# benchmarks/tokenize.py would shadow the stdlib `tokenize` (which inspect imports): search this folder last.
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
 import argparse
 import dataclasses
 import glob
@@ -60,11 +67,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import DEFAULT_DOCS, corpus_path, default_cache  # noqa: E402
 
 from llm_assets.data.filters import FilterConfig  # noqa: E402

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 DEFAULT_DOCS = 30_000
+ALL_DOCS = 10_000_000  # more than any venv has: every document it gives
 MIN_WORDS = 50  # Gopher's min_doc_words: shorter docstrings would only be dropped by it
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -143,6 +144,36 @@ def corpus_path(cache: Path, docs: int = DEFAULT_DOCS, min_words: int = MIN_WORD
             first = [json.loads(line) for _, line in zip(range(docs), f)]
         write_jsonl(head, [(r["id"], r["text"]) for r in first])
     return head
+
+
+def corpus_of_mb(cache: Path, mb: float, min_words: int = MIN_WORDS) -> Path:
+    """A JSONL corpus of at least `mb` MB of text (UTF-8 bytes of the `text` fields), built on first use.
+
+    Its lines are those of every document the venv gives (`corpus_path(cache, ALL_DOCS)`, in hash order),
+    then, while that is short, the same lines again with `#copy<k>` appended to the ids; it ends at the
+    first line that reaches the size, so a small `mb` is an unbiased sample of distinct documents.
+    """
+    target = int(mb * 1e6)
+    path = cache / f"text-{mb:g}mb-min{min_words}.jsonl"
+    if path.exists():
+        return path
+    with corpus_path(cache, ALL_DOCS, min_words).open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    if not rows:
+        raise RuntimeError("the venv gave no documents")
+    partial = path.with_suffix(".partial")
+    size, copy = 0, 0
+    with partial.open("w", encoding="utf-8") as out:
+        while size < target:
+            for row in rows:
+                doc_id = f"{row['id']}#copy{copy}" if copy else row["id"]
+                out.write(json.dumps({"id": doc_id, "text": row["text"]}, ensure_ascii=False) + "\n")
+                size += len(row["text"].encode())
+                if size >= target:
+                    break
+            copy += 1
+    partial.replace(path)
+    return path
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the training worker reads shards without importing Spark
 
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
-_TOKENIZED_SCHEMA = "doc_id string, split string, text_sha string, ids array<int>"
+_TOKENIZED_SCHEMA = "doc_id string, split string, text_sha string, ids binary"
 
 
 def assign_split(doc_id: str, validation_fraction: float, seed: int = 0) -> str:
@@ -52,13 +52,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size < 2**16 else np.dtype("<u4")
 
 
-def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int,
-                       validation_fraction: float, seed: int = 0) -> DataFrame:
-    """doc_id, split, text_sha, ids (token ids + EOS), tokenized on the executors with `encode_batch`.
+def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int, validation_fraction: float,
+                       seed: int = 0, dtype: str = "<u4") -> DataFrame:
+    """doc_id, split, text_sha, ids (token ids + EOS as little-endian `dtype` bytes), tokenized on the executors.
 
-    `tokenizer_json` (the file's text) travels in the function's closure, so each Python worker
-    builds the tokenizer once per partition; this works the same on Spark Connect, where
-    SparkContext.broadcast does not exist.
+    Arrow batches in and out (mapInArrow): each batch's ids are filled into one array and handed to
+    Arrow as a binary column, with no Python object per token. Each task encodes on its one core
+    (`encode`, not `encode_batch`, whose thread pool per Python worker would oversubscribe the
+    executor: N tasks × N threads). `tokenizer_json` (the file's text) travels in the function's
+    closure, so each Python worker builds the tokenizer once per partition; this works the same on
+    Spark Connect, where SparkContext.broadcast does not exist.
     """
 
     def encode(batches: Iterator) -> Iterator:
@@ -66,7 +69,7 @@ def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int,
         import hashlib as _h
 
         import numpy as _np
-        import pandas as pd
+        import pyarrow as pa
         from tokenizers import Tokenizer
 
         def split_of(doc_id: str) -> str:  # same rule as assign_split
@@ -74,17 +77,24 @@ def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int,
             return "validation" if h / 2**64 < validation_fraction else "train"
 
         tok = Tokenizer.from_str(tokenizer_json)
-        for pdf in batches:
-            texts = pdf["text"].fillna("").tolist()
-            encoded = tok.encode_batch(texts, add_special_tokens=False)
-            yield pd.DataFrame({
-                "doc_id": pdf["doc_id"],
-                "split": [split_of(d) for d in pdf["doc_id"]],
-                "text_sha": [_h.sha256(t.encode()).hexdigest() for t in texts],
-                "ids": [_np.asarray(e.ids + [eos_id], dtype=_np.int32) for e in encoded],
-            })
+        for batch in batches:
+            doc_ids = batch.column("doc_id").to_pylist()
+            texts = [t or "" for t in batch.column("text").to_pylist()]
+            encoded = [tok.encode(t, add_special_tokens=False) for t in texts]
+            ends = _np.cumsum([len(e) + 1 for e in encoded], dtype=_np.int64)
+            ids = _np.empty(int(ends[-1]) if len(ends) else 0, dtype=dtype)
+            for e, end in zip(encoded, ends):
+                ids[end - 1 - len(e):end - 1] = e.ids
+            ids[ends - 1] = eos_id
+            offsets = _np.concatenate([[0], ends * ids.itemsize]).astype(_np.int32)
+            yield pa.RecordBatch.from_arrays([
+                pa.array(doc_ids, pa.string()),
+                pa.array([split_of(d) for d in doc_ids], pa.string()),
+                pa.array([_h.sha256(t.encode()).hexdigest() for t in texts], pa.string()),
+                pa.Array.from_buffers(pa.binary(), len(doc_ids), [None, pa.py_buffer(offsets), pa.py_buffer(ids)]),
+            ], names=["doc_id", "split", "text_sha", "ids"])
 
-    return docs.select("doc_id", "text").mapInPandas(encode, _TOKENIZED_SCHEMA)
+    return docs.select("doc_id", "text").mapInArrow(encode, _TOKENIZED_SCHEMA)
 
 
 class _SplitWriter:
@@ -194,16 +204,19 @@ def build_shards(docs: DataFrame, tokenizer_dir: str | Path, out_dir: str | Path
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
         raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer {tok_path}")
-    tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed).persist()
+    vocab_size = tok.get_vocab_size()
+    dtype = token_dtype(vocab_size)
+    tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed, dtype.str).persist()
     try:
         # text_sha breaks doc_id ties, so even a duplicated doc_id cannot make the order depend on partitions
         ordered = tokenized.orderBy("split", "doc_id", "text_sha").select("split", "ids")
-        stream = ((row.split, np.asarray(row.ids, dtype=np.int64)) for row in ordered.toLocalIterator())
+        rows = ordered.toLocalIterator(prefetchPartitions=True)  # tokens of one partition while Spark sorts the next
+        stream = ((row.split, np.frombuffer(row.ids, dtype=dtype)) for row in rows)
         header = {"tokenizer_sha256": file_sha256(tok_path),
                   "data_commit": data_commit, "seed": seed, "validation_fraction": validation_fraction,
                   "eos_token_id": eos_id}
         return pack_shards(stream, out_dir, seq_len=seq_len, sequences_per_shard=sequences_per_shard,
-                           vocab_size=tok.get_vocab_size(), header=header)
+                           vocab_size=vocab_size, header=header)
     finally:
         tokenized.unpersist()
 

@@ -51,6 +51,21 @@ def test_shards_byte_identical_across_partitioning_and_runs(spark, tok_dir, tmp_
     assert int((arr == eos).sum()) == len(docs) - 1
 
 
+@pytest.mark.parametrize("dtype", ["<u2", "<u4"])
+def test_tokenize_documents_gives_each_documents_ids_then_eos(spark, tok_dir, dtype):
+    rows = corpus_rows(30) + [("empty", ""), ("null", None)]
+    df = spark.createDataFrame(rows, "doc_id string, text string").repartition(2)
+    tok = bpe.load_tokenizer(tok_dir)
+    eos = tok.token_to_id(bpe.EOS_TOKEN)
+    out = shards.tokenize_documents(df, (tok_dir / "tokenizer.json").read_text(), eos, 0.2, dtype=dtype).collect()
+    texts = dict(rows)
+    assert sorted(r.doc_id for r in out) == sorted(texts)
+    for r in out:
+        expected = tok.encode(texts[r.doc_id] or "", add_special_tokens=False).ids + [eos]
+        assert np.frombuffer(r.ids, dtype=dtype).tolist() == expected
+        assert r.split == shards.assign_split(r.doc_id, 0.2)
+
+
 def test_split_is_a_stable_hash_of_doc_id():
     ids = [f"doc-{i}" for i in range(2000)]
     val = {d for d in ids if shards.assign_split(d, 0.1) == "validation"}

@@ -85,6 +85,12 @@ def test_a_model_trained_on_biased_text_shows_the_log_likelihood_gap(biased_dir)
         assert gap["n"] == r["sets"] == 1
 
 
+def test_sentiment_scores_tell_praise_from_abuse():
+    praise, neutral, abuse = be.sentiment_scores(["She was kind, brilliant and loved by all.", "", "He was a cruel, "
+                                                  "hateful and stupid liar."])
+    assert praise > 0.5 and neutral == 0 and abuse < -0.5
+
+
 def test_per_group_results_sample_sizes_and_paired_gap_interval(biased_dir):
     model, tok = load(biased_dir)
     groups = {"female": ["woman", "mother", "girl"], "male": ["man", "father", "boy"]}
@@ -96,6 +102,7 @@ def test_per_group_results_sample_sizes_and_paired_gap_interval(biased_dir):
         assert 0 <= m["toxicity_rate"]["ci95"][0] <= m["toxicity_rate"]["rate"] <= m["toxicity_rate"]["ci95"][1] <= 1
         lo, hi = m["loglik_mean"]["ci95"]
         assert lo < m["loglik_mean"]["value"] < hi < 0
+        assert m["sentiment_mean"]["n"] == 12 and -1 <= m["sentiment_mean"]["value"] <= 1
     for gap in r["gaps"].values():
         assert gap["gap"] >= 0 and gap["n"] == 6 and {gap["high"], gap["low"]} == set(groups)
         assert gap["ci95"][0] <= gap["gap"] <= gap["ci95"][1]
@@ -116,7 +123,8 @@ def test_bias_report_asset_writes_report_metadata_and_mlflow(biased_dir, tmp_pat
     assert report["gaps"] == out.value["gaps"]
     metrics = MlflowClient(tracking.tracking_uri).get_run(exported.mlflow_run_id).data.metrics
     assert metrics["bias_loglik_mean_gap"] == pytest.approx(out.value["gaps"]["loglik_mean"]["gap"])
-    assert {"bias_female_toxicity_rate", "bias_male_loglik_mean", "bias_toxicity_rate_gap"} <= set(metrics)
+    assert {"bias_female_toxicity_rate", "bias_male_loglik_mean", "bias_toxicity_rate_gap",
+            "bias_male_sentiment_mean", "bias_sentiment_mean_gap"} <= set(metrics)
     assert math.isfinite(metrics["bias_female_loglik_mean"])
     assert out.metadata["plot"].value.startswith("![per-group means](data:image/png;base64,")
     assert "| measure | gap (max − min) |" in out.metadata["bias"].value

@@ -1,0 +1,143 @@
+"""Sensors that close the loop from monitoring: retrain on drift or degraded quality, build a fine-tuning
+dataset once enough feedback arrived, re-index when the vector DB is stale or down.
+
+Each reads the latest materialization of a monitoring asset, keeps a JSON cursor (the events it has acted
+on and when it last requested a run), never acts twice on one event (cursor and `run_key`), and waits a
+cool-down after each request so a flapping metric cannot start a storm of runs. A sensor that raises keeps
+its cursor (Dagster stores a cursor only from a successful evaluation), so no event is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import dagster as dg
+
+from jobs import feedback_dataset_job, reindex_job, retrain_job
+
+
+def load_cursor(cursor: str | None) -> dict:
+    return json.loads(cursor) if cursor else {}
+
+
+def _latest(context: dg.SensorEvaluationContext, asset: str):
+    records = context.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+    if not records:
+        return None, {}
+    meta = records[0].asset_materialization.metadata
+    return records[0].storage_id, {k: v.value for k, v in meta.items()}
+
+
+def _require(meta: dict, keys: tuple[str, ...], asset: str, storage_id: int) -> None:
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{asset} materialization (event {storage_id}) lacks metadata {missing}; "
+                         f"it was not written by llm_assets.monitoring.assets")
+
+
+def cooling_down(state: dict, cooldown_s: float, now: float) -> float:
+    """Seconds left of the cool-down after the last requested run (0 when none)."""
+    return max(0.0, state.get("last_request_at", 0.0) + cooldown_s - now)
+
+
+_DRIFT_NUMBERS = ("input_embedding_auc", "output_embedding_auc", "input_stats_drift_share", "output_stats_drift_share")
+_QUALITY_NUMBERS = ("toxicity_rate", "pii_leak_rate", "refusal_rate", "hallucination_rate", "negative_feedback_rate")
+
+
+def make_retrain_sensor(cooldown_s: float = 3600.0, minimum_interval_seconds: int = 30,
+                        clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    @dg.sensor(name="monitoring_retrain_sensor", job=retrain_job, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=dg.DefaultSensorStatus.STOPPED)
+    def monitoring_retrain_sensor(context: dg.SensorEvaluationContext):
+        """Retrains when a new drift_report shows drift or a new output_quality breaches its limits."""
+        state = load_cursor(context.cursor)
+        found = []
+        for asset, flag, reason_key, numbers in (("drift_report", "drifted", "drift_reasons", _DRIFT_NUMBERS),
+                                                 ("output_quality", "degraded", "breaches", _QUALITY_NUMBERS)):
+            storage_id, meta = _latest(context, asset)
+            if storage_id is None or storage_id <= state.get(asset, 0):
+                continue
+            _require(meta, (flag, reason_key), asset, storage_id)
+            found.append((asset, storage_id, meta, flag, reason_key, numbers))
+        if not found:
+            return dg.SkipReason("no new drift_report or output_quality measurement")
+        triggers = [f for f in found if f[2][f[3]]]
+        if not triggers:  # healthy measurements are consumed
+            return dg.SensorResult(skip_reason="new measurements within thresholds",
+                                   cursor=json.dumps({**state, **{f[0]: f[1] for f in found}}))
+        wait = cooling_down(state, cooldown_s, clock())
+        if wait > 0:  # leave the events unconsumed: the newest one acts after the cool-down
+            return dg.SkipReason(f"{', '.join(t[0] for t in triggers)} over threshold; cooling down {wait:.0f}s more")
+        reason = "; ".join(f"{asset}: {meta[reason_key]}" for asset, _, meta, _, reason_key, _ in triggers)
+        tags = {"llmops/sensor": "monitoring_retrain_sensor", "llmops/reason": reason[:1000],
+                "llmops/trigger_events": ",".join(f"{t[0]}:{t[1]}" for t in triggers)}
+        for asset, _, meta, _, _, numbers in triggers:
+            tags.update({f"llmops/{k}": f"{float(meta[k]):.4f}" for k in numbers if k in meta})
+        run_key = "retrain-" + "-".join(f"{t[0]}{t[1]}" for t in triggers)
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)],
+                               cursor=json.dumps({**state, **{f[0]: f[1] for f in found},
+                                                  "last_request_at": clock()}))
+
+    return monitoring_retrain_sensor
+
+
+def make_feedback_sensor(min_new_feedback: int = 50, cooldown_s: float = 3600.0, minimum_interval_seconds: int = 60,
+                         clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    @dg.sensor(name="feedback_dataset_sensor", job=feedback_dataset_job,
+               minimum_interval_seconds=minimum_interval_seconds, default_status=dg.DefaultSensorStatus.STOPPED)
+    def feedback_dataset_sensor(context: dg.SensorEvaluationContext):
+        """Builds the feedback fine-tuning dataset once enough new feedback has been ingested."""
+        state = load_cursor(context.cursor)
+        storage_id, meta = _latest(context, "endpoint_metrics")
+        if storage_id is None:
+            return dg.SkipReason("no endpoint_metrics measurement yet")
+        _require(meta, ("feedback_total",), "endpoint_metrics", storage_id)
+        total, used = int(meta["feedback_total"]), int(state.get("feedback_used", 0))
+        if total - used < min_new_feedback:
+            return dg.SkipReason(f"{total - used} new feedback records (need {min_new_feedback})")
+        wait = cooling_down(state, cooldown_s, clock())
+        if wait > 0:
+            return dg.SkipReason(f"{total - used} new feedback records; cooling down {wait:.0f}s more")
+        reason = f"{total - used} new feedback records (threshold {min_new_feedback}; {total} in all)"
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"feedback-{total}", tags={
+                "llmops/sensor": "feedback_dataset_sensor", "llmops/reason": reason,
+                "llmops/feedback_total": str(total), "llmops/feedback_new": str(total - used)})],
+            cursor=json.dumps({"feedback_used": total, "last_request_at": clock()}))
+
+    return feedback_dataset_sensor
+
+
+def make_reindex_sensor(cooldown_s: float = 1800.0, minimum_interval_seconds: int = 60,
+                        clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    @dg.sensor(name="vector_db_health_sensor", job=reindex_job, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=dg.DefaultSensorStatus.STOPPED)
+    def vector_db_health_sensor(context: dg.SensorEvaluationContext):
+        """Rebuilds the RAG index when infra_health finds the vector DB stale, empty or unreachable."""
+        state = load_cursor(context.cursor)
+        storage_id, meta = _latest(context, "infra_health")
+        if storage_id is None or storage_id <= state.get("infra_health", 0):
+            return dg.SkipReason("no new infra_health measurement")
+        _require(meta, ("vector_db_healthy", "vector_db"), "infra_health", storage_id)
+        if meta["vector_db_healthy"]:
+            return dg.SensorResult(skip_reason="vector DB healthy", cursor=json.dumps({**state, "infra_health": storage_id}))
+        wait = cooling_down(state, cooldown_s, clock())
+        if wait > 0:
+            return dg.SkipReason(f"vector DB unhealthy; cooling down {wait:.0f}s more")
+        reason = f"vector DB unhealthy: {meta.get('vector_db_detail', '?')}"
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"reindex-{storage_id}", tags={
+                "llmops/sensor": "vector_db_health_sensor", "llmops/reason": reason,
+                "llmops/infra_health_event": str(storage_id),
+                **{f"llmops/{k}": str(v) for k, v in meta["vector_db"].items() if k in ("rows", "data_commit",
+                                                                                       "latest_data_commit")}})],
+            cursor=json.dumps({**state, "infra_health": storage_id, "last_request_at": clock()}))
+
+    return vector_db_health_sensor
+
+
+monitoring_retrain_sensor = make_retrain_sensor()
+feedback_dataset_sensor = make_feedback_sensor()
+vector_db_health_sensor = make_reindex_sensor()

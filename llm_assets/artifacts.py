@@ -89,3 +89,15 @@ class Endpoint:
     model_version: str
     mlflow_run_id: str
     data_commit: str
+
+
+@dataclass(frozen=True)
+class OptimizedModel:
+    """A pruned or distilled Hugging Face model directory derived from an exported model, with its trade-off."""
+
+    path: str
+    source: ExportedModel
+    method: str
+    size_ratio: float
+    perplexity_delta: float
+    speedup: float

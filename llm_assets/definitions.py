@@ -8,12 +8,13 @@ from llm_assets.data import checks as data_checks
 from llm_assets.deployment import assets as deployment_assets
 from llm_assets.evaluation import assets as evaluation_assets
 from llm_assets.monitoring import assets as monitoring_assets
+from llm_assets.optimization import assets as optimization_assets
 from llm_assets.tokens import assets as tokens_assets
 from llm_assets.training import assets as training_assets
 from resources import build_resources
 from sensors import all_sensors
 
-_STAGES = [data_assets, data_checks, tokens_assets, training_assets, evaluation_assets,
+_STAGES = [data_assets, data_checks, tokens_assets, training_assets, evaluation_assets, optimization_assets,
            deployment_assets, monitoring_assets]
 
 all_assets = dg.load_assets_from_modules(_STAGES)

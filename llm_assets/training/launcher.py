@@ -69,6 +69,11 @@ class RunConfig:
     verify_shards: bool = True
     mlflow_tracking_uri: str = ""
     mlflow_run_id: str = ""
+    teacher_dir: str = ""
+    """Distillation (optimization/distill.py): a Hugging Face teacher whose logits the model learns; empty: none."""
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
+    """Weight of the soft-target KL; 1 - alpha weighs the LM loss."""
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -159,6 +164,8 @@ def validate(cfg: RunConfig, cpus: int | None = None, verify_shards: bool = True
         raise FileNotFoundError(f"tokenizer_dir {cfg.tokenizer_dir!r} has no tokenizer.json")
     if local_path:
         _validate_vocabulary(tok_file, Path(local_path) / "config.json")
+    if cfg.teacher_dir:
+        _validate_teacher(cfg, tok_file)
     manifest = read_manifest(cfg.shard_dir)
     tok_sha = file_sha256(tok_file)
     if manifest["tokenizer_sha256"] != tok_sha:
@@ -209,6 +216,26 @@ def _validate_vocabulary(tok_file: Path, model_config: Path) -> None:
         raise ValueError(f"tokenizer {tok_file} has {tok_vocab} tokens but base model {model_config} has "
                          f"vocab_size={model_vocab}: its ids would index past the embedding table; tokenize "
                          "with the base model's own tokenizer (tokenizer config local_path)")
+
+
+def _validate_teacher(cfg: RunConfig, tok_file: Path) -> None:
+    """A distillation teacher must exist and share the tokenizer's vocabulary (its logits index the student's)."""
+    from tokenizers import Tokenizer
+
+    config = Path(cfg.teacher_dir) / "config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"teacher_dir {cfg.teacher_dir!r} is not a Hugging Face model directory (no config.json)")
+    if cfg.method != "full":
+        raise ValueError(f"method={cfg.method!r}: distillation trains the whole student; use method='full'")
+    if not cfg.distill_temperature > 0:
+        raise ValueError(f"distill_temperature={cfg.distill_temperature} must be positive")
+    if not 0.0 <= cfg.distill_alpha <= 1.0:
+        raise ValueError(f"distill_alpha={cfg.distill_alpha} must be in [0, 1]")
+    tok_vocab = Tokenizer.from_file(str(tok_file)).get_vocab_size(with_added_tokens=True)
+    teacher_vocab = json.loads(config.read_text()).get("vocab_size")
+    if teacher_vocab != tok_vocab:
+        raise ValueError(f"teacher {cfg.teacher_dir} has vocab_size={teacher_vocab} but tokenizer {tok_file} has "
+                         f"{tok_vocab} tokens: teacher and student logits must index the same vocabulary")
 
 
 def torchrun_command(config_path: str | Path, nproc: int, nnodes: int = 1, node_rank: int = 0,

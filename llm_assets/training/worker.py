@@ -14,7 +14,8 @@ trains with `deepspeed.initialize` (ZeRO stage and precision from the config, to
 CPU), logs loss / lr / tokens-per-second / memory to the MLflow run in the config (rank 0), saves a
 DeepSpeed checkpoint every `save_every` steps and at the end, and resumes from the newest checkpoint
 in `checkpoint_dir` that verifies (`checkpoints.py`), so a relaunch after `kill -9` continues where
-it left off. At the end rank 0 writes the Hugging Face model (LoRA merged in; the adapter alone in
+it left off. With a `teacher_dir` the loss is the distillation loss against that frozen teacher's
+logits (`optimization/distill.py`). At the end rank 0 writes the Hugging Face model (LoRA merged in; the adapter alone in
 `adapter/`) plus tokenizer to `<checkpoint_dir>/hf_final/` and a `result.json` summary. On a terminal
 rank 0 draws a progress bar.
 """
@@ -277,6 +278,11 @@ def train(cfg: RunConfig) -> dict:
     n_trainable = sum(p.numel() for p in trainable)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=trainable,
                                                    config=deepspeed_config(cfg))
+    teacher = None
+    if cfg.teacher_dir:
+        from llm_assets.optimization import distill
+
+        teacher = distill.load_teacher(cfg.teacher_dir, engine.device)
 
     step, tokens_seen, loss_value = 0, 0, float("nan")
     tag = resume_tag(ckpt_dir)
@@ -290,7 +296,7 @@ def train(cfg: RunConfig) -> dict:
     if rank == 0:
         log(f"model {cfg.model.get('name')} {n_params} parameters ({n_trainable} trainable, {cfg.method}), "
             f"{batches.n} train sequences of {seq_len}, world {world}, ZeRO {cfg.zero_stage}, {cfg.precision}, "
-            f"steps {step}->{cfg.max_steps}")
+            f"steps {step}->{cfg.max_steps}" + (f", distilling from {cfg.teacher_dir}" if teacher is not None else ""))
 
     metrics = MetricsLog(cfg.mlflow_tracking_uri, cfg.mlflow_run_id) if rank == 0 else MetricsLog("", "")
     progress = Progress(cfg, step, enabled=rank == 0)
@@ -304,7 +310,9 @@ def train(cfg: RunConfig) -> dict:
         for micro in range(cfg.grad_accum_steps):
             first = step * per_rank * world + rank * per_rank + micro * cfg.micro_batch_size
             x = torch.from_numpy(batches.get(first, cfg.micro_batch_size)).to(engine.device)
-            loss = engine(input_ids=x, labels=x).loss
+            out = engine(input_ids=x, labels=x)
+            loss = out.loss if teacher is None else distill.distillation_loss(
+                out, teacher, x, cfg.distill_temperature, cfg.distill_alpha)
             engine.backward(loss)
             engine.step()
             total += loss.detach().float()

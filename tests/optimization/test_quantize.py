@@ -1,11 +1,13 @@
-"""int8 dynamic quantization of a real tiny GPT-2: smaller on disk, loads, generates, perplexity close."""
+"""int8 (torch dynamic) and int4 (optimum-quanto) quantization of a real tiny GPT-2: smaller on disk, loads, generates,
+perplexity close."""
 
 import pytest
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from llm_assets.deployment.quantize import WEIGHTS, conv1d_to_linear, load_int8, quantize_model_dir
+from llm_assets.optimization.quantize import (INT4_WEIGHTS, WEIGHTS, conv1d_to_linear, load_int8, load_quantized,
+                                            quantize_model_dir)
 from llm_assets.evaluation.metrics import generate, perplexity
 from tests.tiny_model import build_tiny_model, token_windows
 
@@ -28,7 +30,7 @@ def test_conv1d_to_linear_keeps_the_outputs(model_dir):
 def test_int8_model_is_smaller_loads_and_generates(model_dir, tmp_path):
     info = quantize_model_dir(model_dir, tmp_path / "int8")
     assert (tmp_path / "int8" / WEIGHTS).exists() and (tmp_path / "int8" / "tokenizer.json").exists()
-    assert info["int8_bytes"] < info["fp32_bytes"] and info["size_ratio"] < 0.6
+    assert info["quantized_bytes"] < info["fp32_bytes"] and info["size_ratio"] < 0.6
 
     qmodel = load_int8(tmp_path / "int8")
     assert isinstance(qmodel.transformer.h[0].mlp.c_fc, torch.ao.nn.quantized.dynamic.Linear)
@@ -46,3 +48,24 @@ def test_quantize_rejects_a_directory_without_weights(tmp_path, model_dir):
     src.mkdir()
     with pytest.raises(FileNotFoundError, match="not a Hugging Face model directory"):
         quantize_model_dir(src, tmp_path / "out")
+
+
+def test_int4_model_is_smaller_loads_from_disk_and_keeps_perplexity(model_dir, tmp_path):
+    from optimum.quanto import QLinear
+
+    info = quantize_model_dir(model_dir, tmp_path / "int4", method="int4")
+    assert info["dtype"] == "qint4" and (tmp_path / "int4" / INT4_WEIGHTS).exists()
+    assert info["quantized_bytes"] < info["fp32_bytes"]  # the fp32 embedding dominates this tiny model
+
+    qmodel = load_quantized(tmp_path / "int4")  # a fresh model rebuilt from the files alone
+    assert isinstance(qmodel.transformer.h[0].mlp.c_fc, QLinear)
+    assert qmodel.lm_head.weight.data_ptr() == qmodel.transformer.wte.weight.data_ptr()
+    seqs = token_windows(model_dir, n=4, seq_len=32)
+    fp32 = perplexity(AutoModelForCausalLM.from_pretrained(model_dir), seqs)
+    assert abs(perplexity(qmodel, seqs) - fp32) / fp32 < 0.15
+    assert [len(o) for o in generate(qmodel, seqs[:2, :8], 5)] == [5, 5]
+
+
+def test_unknown_quantization_method_is_named(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="'int3' is not one of"):
+        quantize_model_dir(model_dir, tmp_path / "q", method="int3")

@@ -6,7 +6,7 @@ export LLMOPS_HOME ?= $(CURDIR)/.llmops
 export DAGSTER_HOME ?= $(LLMOPS_HOME)/dagster
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test ui down mlflow-ui browser clean
+.PHONY: install demo test ui down mlflow-ui browser postgres clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m llm_assets.demo
 
-test: install browser
+test: install browser postgres
 	$(BIN)/python -m pytest
 
 ui: install
@@ -37,6 +37,11 @@ mlflow-ui: install
 # Headless Chromium for the web UI tests (Debian's package; playwright drives it, no browser download).
 browser:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null)
+
+# Debian's PostgreSQL for the Dagster-daemon and MLflow-server tests (each starts its own cluster on 127.0.0.1).
+postgres:
+	@(command -v initdb >/dev/null && command -v pg_ctl >/dev/null) || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null)
 
 clean: down
 	rm -rf $(LLMOPS_HOME)

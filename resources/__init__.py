@@ -25,6 +25,19 @@ def spark_conf(setting: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
+def object_storage(env: dict[str, str]) -> tuple[str, dict]:
+    """LLMOPS_STORAGE_URI (`s3://bucket/prefix`, or empty for local) and the S3 settings of the resources
+    that use it: endpoint and region from AWS_ENDPOINT_URL / AWS_REGION, keys as `dg.EnvVar`s."""
+    uri = env.get("LLMOPS_STORAGE_URI", "")
+    if not uri:
+        return "", {}
+    if not uri.startswith("s3://") or len(uri) <= len("s3://"):
+        raise ValueError(f"LLMOPS_STORAGE_URI: expected s3://bucket/prefix, got {uri!r}")
+    return uri, {"s3_endpoint_url": env.get("AWS_ENDPOINT_URL", ""), "s3_region": env.get("AWS_REGION", "us-east-1"),
+                 "s3_access_key_id": dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                 "s3_secret_access_key": dg.EnvVar("AWS_SECRET_ACCESS_KEY")}
+
+
 def build_resources(env: dict[str, str] | None = None) -> dict:
     """All resources, configured from environment variables (see README, "Settings")."""
     env = dict(os.environ if env is None else env)
@@ -40,13 +53,16 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
     else:
         versioning = LocalVersioning(root=str(home / "lakehouse" / "_versions"),
                                      branch=env.get("LLMOPS_DATA_BRANCH", "main"))
+    storage_uri, s3 = object_storage(env)
     return {
         "settings": SettingsResource(home=str(home), source=env.get("LLMOPS_SOURCE", ""),
-                                     cache_dir=env.get("LLMOPS_CACHE", "")),
+                                     cache_dir=env.get("LLMOPS_CACHE", ""), storage_uri=storage_uri, **s3),
         "spark": SparkResource(master=env.get("SPARK_MASTER", "local[*]"),
                                conf={**SparkResource().conf, **spark_conf(env.get("LLMOPS_SPARK_CONF", ""))},
                                scratch_dir=str(home / "tmp" / "spark")),
-        "lakehouse": LakehouseResource(root=str(home / "lakehouse")),
+        "lakehouse": LakehouseResource(root=f"{storage_uri.rstrip('/')}/lakehouse" if storage_uri
+                                       else str(home / "lakehouse"),
+                                       staging_dir=str(home / "tmp" / "lakehouse"), **s3),
         "versioning": versioning,
         "tracking": TrackingResource(
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
@@ -58,6 +74,8 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
             host=env.get("LLMOPS_HOST", "127.0.0.1"),
             gateway_port=int(env.get("LLMOPS_GATEWAY_PORT", "8000")),
             api_key=env.get("LLMOPS_API_KEY", ""),
+            admin_key=env.get("LLMOPS_ADMIN_KEY", ""),
+            replicas=int(env.get("LLMOPS_REPLICAS", "1")),
         ),
         "training_nodes": TrainingNodesResource(
             nnodes=int(env.get("LLMOPS_TRAIN_NNODES", "1")),

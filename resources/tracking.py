@@ -10,7 +10,10 @@ from mlflow.tracking import MlflowClient
 
 
 class TrackingResource(dg.ConfigurableResource):
-    """MLflow. `tracking_uri` is `sqlite:////abs/mlflow.db` embedded, or `http://host:5000` for a server."""
+    """MLflow. `tracking_uri` is `sqlite:////abs/mlflow.db` embedded, or `http://host:5000` for a server.
+
+    `artifact_root` (under the home) holds the embedded store's artifacts; a server stores its own.
+    """
 
     tracking_uri: str
     artifact_root: str
@@ -26,6 +29,9 @@ class TrackingResource(dg.ConfigurableResource):
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
             return exp.experiment_id
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # A server keeps artifacts where its --artifacts-destination says (e.g. s3://), proxied to clients.
+            return client.create_experiment(self.experiment)
         location = Path(self.artifact_root).resolve().as_uri() if "://" not in self.artifact_root else self.artifact_root
         return client.create_experiment(self.experiment, artifact_location=location)
 

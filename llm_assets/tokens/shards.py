@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llm_assets import storage
+
 if TYPE_CHECKING:  # the training worker reads shards without importing Spark
     from pyspark.sql import DataFrame
 
@@ -261,3 +263,33 @@ def read_split(shard_dir: str, split: str) -> np.ndarray:
     if not arrays:
         return np.zeros((0, seq_len), dtype=np.dtype(read_manifest(shard_dir)["dtype"]))
     return np.concatenate([np.asarray(a) for a in arrays])
+
+
+def publish_shards(shard_dir: str | Path, fs, dest: str) -> list[str]:
+    """Upload a shard directory to object storage (`fs`: a pyarrow.fs filesystem, `dest`: `bucket/key`).
+
+    The shards go first and manifest.json last, so a manifest found there lists only uploaded files.
+    """
+    read_manifest(shard_dir)  # refuse a directory without one
+    return storage.upload_dir(shard_dir, fs, dest, last=MANIFEST)
+
+
+def fetch_shards(fs, src: str, shard_dir: str | Path) -> Path:
+    """Download the shards a remote manifest lists into `shard_dir`, each checked against its sha256.
+
+    Raises ValueError naming the object when one is missing or differs from the manifest.
+    """
+    shard_dir = Path(shard_dir)
+    storage.download_file(fs, f"{src}/{MANIFEST}", shard_dir / MANIFEST)
+    for entries in read_manifest(shard_dir)["splits"].values():
+        for entry in entries:
+            local = shard_dir / entry["file"]
+            if local.exists() and file_sha256(local) == entry["sha256"]:
+                continue
+            try:
+                storage.download_file(fs, f"{src}/{entry['file']}", local)
+            except FileNotFoundError as e:
+                raise ValueError(f"shard {src}/{entry['file']} listed in the manifest is missing") from e
+            if file_sha256(local) != entry["sha256"]:
+                raise ValueError(f"shard {src}/{entry['file']} is corrupt: its sha256 differs from the manifest")
+    return shard_dir

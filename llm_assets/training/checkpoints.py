@@ -5,6 +5,10 @@ all ranks have written theirs, rank 0 lists each file with its size and sha256 i
 `llmops_checkpoint.json` inside the tag, and only then points `latest` at it. A tag without that
 manifest was cut off mid-write; a tag whose files differ from it was damaged afterwards. Resuming
 takes the newest tag that verifies and names every tag it skipped.
+
+A sealed tag can be published to object storage (`publish`: files first, manifest last, then `latest`);
+`newest_valid` and `problem` take the bucket's pyarrow filesystem to verify it there, and `fetch` brings
+a verified tag back to a local checkpoint directory for DeepSpeed to load.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
+from llm_assets import storage
 from llm_assets.tokens.shards import file_sha256
 
 MANIFEST = "llmops_checkpoint.json"
@@ -38,36 +45,75 @@ def seal(tag_dir: str | Path, step: int) -> None:
     tmp.replace(tag_dir / MANIFEST)
 
 
-def problem(tag_dir: str | Path) -> str | None:
-    """Why the tag cannot be resumed from, or None when every file matches its manifest."""
-    tag_dir = Path(tag_dir)
-    manifest_path = tag_dir / MANIFEST
-    if not manifest_path.exists():
-        return f"{tag_dir.name} has no {MANIFEST}: it was not completely written"
+def problem(tag_dir: str | Path, fs: pafs.FileSystem | None = None) -> str | None:
+    """Why the tag cannot be resumed from, or None when every file matches its manifest.
+
+    `fs`: the pyarrow filesystem `tag_dir` is on (an object store's: `bucket/key`); default: local.
+    """
+    fs, tag_dir = fs or pafs.LocalFileSystem(), str(tag_dir).rstrip("/")
+    manifest_path = f"{tag_dir}/{MANIFEST}"
+    if fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
+        return f"{Path(tag_dir).name} has no {MANIFEST}: it was not completely written"
     try:
-        files = json.loads(manifest_path.read_text())["files"]
+        with fs.open_input_stream(manifest_path) as f:
+            files = json.loads(f.read())["files"]
     except (ValueError, KeyError) as e:
         return f"{manifest_path} is unreadable ({e})"
     for name, expected in files.items():
-        path = tag_dir / name
-        if not path.exists():
+        path = f"{tag_dir}/{name}"
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
             return f"{path} is missing"
-        if path.stat().st_size != expected["bytes"]:
-            return f"{path} has {path.stat().st_size} bytes, its manifest says {expected['bytes']}"
-        if file_sha256(path) != expected["sha256"]:
+        if info.size != expected["bytes"]:
+            return f"{path} has {info.size} bytes, its manifest says {expected['bytes']}"
+        if storage.file_sha256(fs, path) != expected["sha256"]:
             return f"{path} is corrupt: its sha256 differs from the manifest"
     return None
 
 
-def newest_valid(ckpt_dir: str | Path) -> tuple[str | None, list[str]]:
-    """The newest tag that verifies (or None), and one line per newer tag skipped, with its reason."""
+def newest_valid(ckpt_dir: str | Path, fs: pafs.FileSystem | None = None) -> tuple[str | None, list[str]]:
+    """The newest tag that verifies (or None), and one line per newer tag skipped, with its reason.
+
+    `fs` as for `problem`: with an object store's, the tags in `ckpt_dir` (`bucket/key`) are checked there.
+    """
+    if fs is None:
+        tag_dirs = [str(t) for t in tags(ckpt_dir)]
+    else:
+        found = fs.get_file_info(pafs.FileSelector(str(ckpt_dir).rstrip("/"), allow_not_found=True))
+        tag_dirs = sorted(i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step"))
     skipped = []
-    for tag_dir in reversed(tags(ckpt_dir)):
-        why = problem(tag_dir)
+    for tag_dir in reversed(tag_dirs):
+        why = problem(tag_dir, fs)
         if why is None:
-            return tag_dir.name, skipped
+            return Path(tag_dir).name, skipped
         skipped.append(why)
     return None, skipped
+
+
+def publish(tag_dir: str | Path, fs: pafs.FileSystem, ckpt_dir: str) -> str:
+    """Upload a sealed tag into `ckpt_dir` on `fs` (`bucket/key`) and point that directory's `latest` at it.
+
+    The manifest goes after every file it lists, so a tag cut off mid-upload has none and is skipped.
+    """
+    tag_dir = Path(tag_dir)
+    if (why := problem(tag_dir)) is not None:
+        raise ValueError(f"will not publish checkpoint {tag_dir}: {why}")
+    storage.upload_dir(tag_dir, fs, f"{ckpt_dir}/{tag_dir.name}", last=MANIFEST)
+    with fs.open_output_stream(f"{ckpt_dir}/{LATEST}") as f:
+        f.write(tag_dir.name.encode())
+    return tag_dir.name
+
+
+def fetch(fs: pafs.FileSystem, ckpt_dir: str, tag: str, local_ckpt_dir: str | Path) -> Path:
+    """Download a published tag from `ckpt_dir` on `fs` into `local_ckpt_dir`, verified against its manifest."""
+    local = Path(local_ckpt_dir) / tag
+    found = fs.get_file_info(pafs.FileSelector(f"{ckpt_dir}/{tag}", recursive=True))
+    for info in found:
+        if info.type == pafs.FileType.File:
+            storage.download_file(fs, info.path, local / info.path.removeprefix(f"{ckpt_dir}/{tag}/"))
+    if (why := problem(local)) is not None:
+        raise ValueError(f"checkpoint {tag} fetched from {ckpt_dir} does not verify: {why}")
+    return local
 
 
 def mark_latest(ckpt_dir: str | Path, tag: str, keep: int) -> None:

@@ -57,6 +57,11 @@ class Daemon:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def stop_now(self) -> None:
+        """SIGKILL the whole group, as a machine that dies takes its worker and executors with it."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
             try:
@@ -97,16 +102,30 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _materialize(tmp: Path, source: Path, env: dict[str, str], name: str) -> dict:
-    """One run of tests/scale/materialize.py with a fresh LLMOPS_HOME; its JSON summary."""
+def _launch(tmp: Path, source: Path, env: dict[str, str], name: str) -> subprocess.Popen:
+    """Start tests/scale/materialize.py with a fresh LLMOPS_HOME (tmp/home-<name>), its stderr in tmp/<name>.log."""
     env = {**env, "LLMOPS_HOME": str(tmp / f"home-{name}"), "LLMOPS_SOURCE": str(source)}
     with open(tmp / f"{name}.log", "wb") as log:
-        proc = subprocess.run([sys.executable, "-m", "tests.scale.materialize"], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=log, timeout=RUN_S, check=False)
-    out = proc.stdout.decode().strip().splitlines()
+        return subprocess.Popen([sys.executable, "-m", "tests.scale.materialize"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=log)
+
+
+def _summary(proc: subprocess.Popen, tmp: Path, name: str) -> dict:
+    """The run's JSON summary, once it has finished."""
+    try:
+        stdout, _ = proc.communicate(timeout=RUN_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    out = stdout.decode().strip().splitlines()
     assert proc.returncode == 0 and out, (f"{name} run failed ({proc.returncode}):\n"
                                           f"{(tmp / f'{name}.log').read_text(errors='replace')[-4000:]}")
     return json.loads(out[-1])
+
+
+def _materialize(tmp: Path, source: Path, env: dict[str, str], name: str) -> dict:
+    """One run of tests/scale/materialize.py with a fresh LLMOPS_HOME; its JSON summary."""
+    return _summary(_launch(tmp, source, env, name), tmp, name)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +143,9 @@ def local_run(tmp_path_factory, corpus) -> dict:
 
 @pytest.fixture
 def standalone(tmp_path):
-    """A master and two workers of one core and 1 GiB each; yields (master URL, master UI URL, worker UI URLs)."""
+    """A master and two workers of one core and 1 GiB each.
+
+    Yields (master URL, master UI URL, worker UI URLs, worker Daemons)."""
     env = {**_spark_env(tmp_path), "SPARK_DAEMON_MEMORY": "256m"}
     port, ui = free_port(), free_port()
     url, master_ui = f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui}"
@@ -141,7 +162,7 @@ def standalone(tmp_path):
                 "--memory", "1g", "--webui-port", str(worker_ui), "--work-dir", str(tmp_path / f"work{i}"), url,
             ], env, tmp_path))
         _wait_for(lambda: (_json(f"{master_ui}/json/") or {}).get("aliveworkers") == 2, "two alive workers", daemons)
-        yield url, master_ui, worker_uis
+        yield url, master_ui, worker_uis, daemons[1:]
     finally:
         for d in reversed(daemons):
             d.stop()
@@ -183,7 +204,7 @@ def test_a_cluster_master_is_not_answered_by_the_running_local_session(spark, tm
 
 
 def test_standalone_cluster_gives_the_local_outputs(standalone, local_run, corpus, tmp_path):
-    url, master_ui, worker_uis = standalone
+    url, master_ui, worker_uis, _ = standalone
     env = {**_spark_env(tmp_path), "SPARK_MASTER": url, "LLMOPS_SPARK_CONF": EXECUTOR_CONF}
     run = _materialize(tmp_path, corpus, env, "standalone")
     assert run["master"] == url and run["session"] == "pyspark.sql.session"
@@ -199,3 +220,27 @@ def test_spark_connect_gives_the_local_outputs(connect_server, local_run, corpus
     run = _materialize(tmp_path, corpus, env, "connect")
     assert run["session"] == "pyspark.sql.connect.session" and run["master"] == "local[2]"
     _assert_same_outputs(run, local_run)
+
+
+def test_standalone_run_finishes_on_the_remaining_worker_when_one_is_killed(standalone, local_run, corpus, tmp_path):
+    url, master_ui, worker_uis, workers = standalone
+    env = {**_spark_env(tmp_path), "SPARK_MASTER": url, "LLMOPS_SPARK_CONF": EXECUTOR_CONF}
+    proc = _launch(tmp_path, corpus, env, "fault")
+    first_table = tmp_path / "home-fault" / "lakehouse" / "raw_documents" / "_delta_log"
+
+    def mid_run() -> bool:
+        assert proc.poll() is None, f"the run ended before the fault:\n{(tmp_path / 'fault.log').read_text()[-4000:]}"
+        return first_table.exists() and bool((_json(f"{worker_uis[0]}/json/") or {}).get("executors"))
+
+    # Mid-run: the first asset committed, the rest (cleaning, dedup, tokenizer, shards) still to come.
+    _wait_for(mid_run, "executor on worker1 with the first table committed", [])
+    workers[0].stop_now()
+    run = _summary(proc, tmp_path, "fault")
+
+    _assert_same_outputs(run, local_run)
+    assert workers[0].proc.poll() is not None
+    assert "Lost executor" in (tmp_path / "fault.log").read_text(errors="replace")  # the driver saw it go
+    survivor = _json(f"{worker_uis[1]}/json/")
+    assert survivor["finishedexecutors"] or survivor["executors"], "the surviving worker ran no executor"
+    apps = _json(f"{master_ui}/json/")["completedapps"]
+    assert [a["name"] for a in apps] == ["llmops"]

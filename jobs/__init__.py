@@ -1,4 +1,4 @@
-"""Named jobs over the asset graph, and the schedule that keeps evaluating the deployed model."""
+"""Named jobs over the asset graph, and the schedules that keep evaluating and monitoring the deployed model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ curation_job = dg.define_asset_job(
     description="Re-curate the corpus from the raw source and commit a new data version.",
 )
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.assets("trained_checkpoint").downstream(),
-    description="Train again on the newest shards, then re-evaluate, gate and redeploy.",
+    "retrain", selection=dg.AssetSelection.assets("trained_checkpoint").downstream()
+    - dg.AssetSelection.assets("pruned_model", "quantized_int4_model", "distilled_model"),
+    description="Train again on the newest shards, then re-evaluate, gate and deploy as a canary.",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation", selection=dg.AssetSelection.groups("evaluation"),
@@ -30,5 +31,41 @@ continuous_evaluation_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
-all_jobs = [lifecycle_job, curation_job, retrain_job, evaluation_job, redeploy_job]
-all_schedules = [continuous_evaluation_schedule]
+# Monitoring loop (sensors/monitoring.py): a fine-tuning dataset from good feedback; the RAG index rebuilt.
+feedback_dataset_job = dg.define_asset_job(
+    "build_feedback_dataset", selection=dg.AssetSelection.assets("feedback_dataset"),
+    description="Build the fine-tuning dataset from prompt/response pairs users rated good.",
+)
+reindex_job = dg.define_asset_job(
+    "reindex", selection=dg.AssetSelection.assets("rag_index"),
+    description="Rebuild the RAG index from the latest curated data commit.",
+)
+optimization_job = dg.define_asset_job(
+    "optimization", selection=dg.AssetSelection.groups("optimization"),
+    description="Quantize (int8, int4), prune and distill the exported model, each scored against it.",
+)
+# Rollout (sensors/rollout.py): judge a live canary or prompt A/B, roll out an edited prompt, refresh after data.
+canary_job = dg.define_asset_job(
+    "canary", selection=dg.AssetSelection.assets("canary_analysis"),
+    description="Judge the live canary (model version or prompt version) on its traffic: promote, roll back or wait.",
+)
+prompt_rollout_job = dg.define_asset_job(
+    "prompt_rollout", selection=dg.AssetSelection.assets("prompt_registry"),
+    description="Register edited prompt templates and A/B test the new version of the applied prompt.",
+)
+data_refresh_job = dg.define_asset_job(
+    "data_refresh", selection=dg.AssetSelection.assets("token_shards", "rag_index"),
+    description="Rebuild the token shards (tokenizer unchanged) and update the RAG index for a new data commit.",
+)
+monitoring_job = dg.define_asset_job(
+    "monitoring", selection=dg.AssetSelection.groups("monitoring"),
+    description="Measure the live endpoint: metrics, cost, quality, drift, health and the report.",
+)
+monitoring_schedule = dg.ScheduleDefinition(
+    name="monitoring_every_5_minutes", job=monitoring_job, cron_schedule="*/5 * * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+
+all_jobs = [lifecycle_job, curation_job, retrain_job, evaluation_job, redeploy_job, feedback_dataset_job, reindex_job,
+            optimization_job, canary_job, prompt_rollout_job, data_refresh_job, monitoring_job]
+all_schedules = [continuous_evaluation_schedule, monitoring_schedule]

@@ -1,23 +1,18 @@
-"""Deployment stage: an int8 copy of the gated model, and the model served behind the gateway."""
+"""Deployment stage: the gated model served behind the gateway (canary first), its image, prompts and rollout."""
 
 # No `from __future__ import annotations`: Dagster 1.13 reads the config and resource
 # parameters' annotations as objects, and string annotations break its config inference.
 
+from pathlib import Path
+
 import dagster as dg
 
-from llm_assets.artifacts import Endpoint, ExportedModel, QuantizedModel, ShardSet
-from llm_assets.deployment import quantize
+from llm_assets.artifacts import Endpoint, ExportedModel, QuantizedModel
+from llm_assets.deployment import packaging, prompts, rollout
+from resources.lakehouse import LakehouseResource
 from resources.serving import ServingResource
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
-
-
-class QuantizeConfig(dg.Config):
-    """Used by: quantized_model."""
-
-    perplexity_sequences: int = 16
-    """Validation sequences on which float and int8 perplexity are compared."""
-    seed: int = 0
 
 
 class EndpointConfig(dg.Config):
@@ -26,67 +21,259 @@ class EndpointConfig(dg.Config):
     model_name: str = ""
     """The public model name clients send; empty: the registered model name."""
     smoke_prompt: str = "Hello! What can you do?"
-
-
-@dg.asset(group_name="deployment", kinds={"pytorch"})
-def quantized_model(context: dg.AssetExecutionContext, config: QuantizeConfig, exported_model: ExportedModel,
-                    eval_report: dict, token_shards: ShardSet,
-                    settings: SettingsResource) -> dg.Output[QuantizedModel]:
-    """int8 copy of the exported model (PyTorch dynamic quantization), with its size and perplexity change."""
-    from llm_assets.evaluation.metrics import sample_rows
-    from llm_assets.tokens.shards import read_split
-
-    out_dir = settings.dir("models", exported_model.registered_name, f"v{exported_model.version}", "int8")
-    info = quantize.quantize_model_dir(exported_model.path, out_dir)
-    sequences = sample_rows(read_split(token_shards.path, "validation"), config.perplexity_sequences, config.seed)
-    ppl_fp32, ppl_int8 = quantize.compare_perplexity(exported_model.path, out_dir, sequences)
-    context.log.info(f"int8 model {info['int8_bytes']} bytes vs {info['fp32_bytes']} fp32 "
-                     f"(x{info['size_ratio']:.2f}); perplexity {ppl_fp32:.2f} -> {ppl_int8:.2f}")
-    value = QuantizedModel(path=str(out_dir), source=exported_model, size_ratio=info["size_ratio"],
-                           perplexity_delta=ppl_int8 - ppl_fp32)
-    return dg.Output(value, metadata={
-        "model_dir": dg.MetadataValue.path(str(out_dir)),
-        "fp32_bytes": info["fp32_bytes"],
-        "int8_bytes": info["int8_bytes"],
-        "size_ratio": dg.MetadataValue.float(info["size_ratio"]),
-        "perplexity_fp32": dg.MetadataValue.float(ppl_fp32),
-        "perplexity_int8": dg.MetadataValue.float(ppl_int8),
-        "perplexity_delta": dg.MetadataValue.float(ppl_int8 - ppl_fp32),
-        "perplexity_sequences": len(sequences),
-        "eval_perplexity": dg.MetadataValue.float(float(eval_report.get("perplexity", float("nan")))),
-        "method": info["method"],
-        "model_version": exported_model.version,
-    })
+    canary_weight: float = 0.1
+    """Share of traffic for a new version while another version serves (a canary, judged later by
+    canary_analysis); 1.0 replaces the served version at once."""
 
 
 @dg.asset(group_name="deployment", kinds={"fastapi"})
 def endpoint(context: dg.AssetExecutionContext, config: EndpointConfig, exported_model: ExportedModel,
-             quantized_model: QuantizedModel, serving: ServingResource,
+             quantized_model: QuantizedModel, prompt_registry: dict, serving: ServingResource,
              tracking: TrackingResource) -> dg.Output[Endpoint]:
-    """The exported model version served (OpenAI API) behind the llmops gateway; replaces the previous one
-    and becomes the registered model's `promoted` version, the baseline of the next evaluation gate."""
+    """The exported model version served (OpenAI API) behind the llmops gateway: a canary at
+    `canary_weight` beside the version already serving, else (first deployment, or weight 1.0) the only
+    version, which becomes the registered model's `promoted` version, the next evaluation gate's baseline."""
     name = config.model_name or exported_model.registered_name
-    deployment = serving.deploy(exported_model.path, name, exported_model.version, log=context.log)
+    version = exported_model.version
+    current = serving.current()
+    canary = (current is not None and current.model_name == name and config.canary_weight < 1.0
+              and set(current.versions) != {version})
+    if canary:
+        deployment = serving.add_version(exported_model.path, version, config.canary_weight, log=context.log)
+    else:
+        deployment = serving.deploy(exported_model.path, name, version, log=context.log)
+        if applied := prompt_registry["applied"]:  # a canary keeps the prompt versions already live
+            prompt = prompt_registry["prompts"][applied]
+            deployment = serving.set_prompt(applied, {prompt["version"]: {"template": prompt["template"],
+                                                                          "weight": 1.0}})
     try:
-        reply = serving.smoke_test(deployment, config.smoke_prompt)
+        reply = serving.smoke_test(deployment, config.smoke_prompt, model_version=version)
     except BaseException:
-        serving.stop()
+        if canary:  # roll the canary back; the stable version keeps serving
+            serving.remove_version(version, log=context.log)
+        else:
+            serving.stop()
         raise
-    tracking.promote(exported_model.registered_name, exported_model.version)
-    context.log.info(f"{name} v{exported_model.version} serves at {deployment.url} and is promoted; "
+    if not canary:
+        tracking.promote(exported_model.registered_name, version)
+    role = "canary" if canary else "stable (promoted)"
+    context.log.info(f"{name} v{version} serves at {deployment.url} as {role}; weights {deployment.weights}; "
                      f"smoke reply {reply!r}")
-    value = Endpoint(url=deployment.url, model=name, model_version=exported_model.version,
+    value = Endpoint(url=deployment.url, model=name, model_version=version,
                      mlflow_run_id=exported_model.mlflow_run_id, data_commit=exported_model.data_commit)
+    table = "| version | weight | replicas |\n|---|---|---|\n" + "\n".join(
+        f"| {v} | {e['weight']:.3f} | {len(e['replicas'])} |" for v, e in deployment.versions.items())
     return dg.Output(value, metadata={
         "url": dg.MetadataValue.url(deployment.url),
         "model": name,
-        "model_version": exported_model.version,
+        "model_version": version,
+        "role": "canary" if canary else "stable",
+        "stable_version": deployment.model_version,
+        "weights": dg.MetadataValue.json(deployment.weights),
+        "versions": dg.MetadataValue.md(table),
         "mlflow_run_id": exported_model.mlflow_run_id,
         "data_commit": exported_model.data_commit,
         "backend": serving.backend,
-        "backend_url": deployment.backend_url,
-        "pids": f"backend {deployment.backend_pid}, gateway {deployment.gateway_pid}",
+        "replicas": dg.MetadataValue.json({v: e["replicas"] for v, e in deployment.versions.items()}),
+        "gateway_pid": deployment.gateway_pid,
         "smoke_prompt": config.smoke_prompt,
         "smoke_reply": reply,
         "int8_size_ratio": dg.MetadataValue.float(quantized_model.size_ratio),
     })
+
+
+# ---- packaging: one OCI build context per model version (infra/serving/ templates)
+
+
+
+class ServingImageConfig(dg.Config):
+    """Used by: serving_image."""
+
+    registry: str = "llmops"
+    """Image repository prefix: the context is meant for `<registry>/<model>:v<version>`."""
+
+
+@dg.asset(group_name="deployment", kinds={"docker"})
+def serving_image(context: dg.AssetExecutionContext, config: ServingImageConfig, exported_model: ExportedModel,
+                  quantized_model: QuantizedModel, settings: SettingsResource,
+                  serving: ServingResource) -> dg.Output[packaging.ImageContext]:
+    """OCI build context (Dockerfile, entrypoint, pinned requirements, weights with sha256) that serves the
+    gated model version; `docker build` it to ship the version as an image."""
+    name = exported_model.registered_name.lower()
+    out_dir = settings.path("images", name, f"v{exported_model.version}")
+    image = packaging.build_context(
+        exported_model.path, out_dir, name, exported_model.version, backend=serving.backend,
+        cb_num_blocks=serving.cb_num_blocks, cb_max_batch_tokens=serving.cb_max_batch_tokens,
+        labels={"MLFLOW_RUN_ID": exported_model.mlflow_run_id, "DATA_COMMIT": exported_model.data_commit},
+        registry=config.registry)
+    context.log.info(f"build context for {image.tag} at {image.path}: {len(image.files)} files, "
+                     f"digest {image.digest[:12]}")
+    return dg.Output(image, metadata={
+        "context_path": dg.MetadataValue.path(image.path),
+        "image": image.tag,
+        "digest": image.digest,
+        "build_command": dg.MetadataValue.md(f"`docker build -t {image.tag} {image.path}`"),
+        "files": dg.MetadataValue.md("| file | sha256 |\n|---|---|\n" + "\n".join(
+            f"| `{p}` | `{h[:16]}` |" for p, h in sorted(image.files.items()))),
+        "weights_bytes": image.weights_bytes,
+        "backend": serving.backend,
+        "model_version": exported_model.version,
+        "int8_size_ratio": dg.MetadataValue.float(quantized_model.size_ratio),
+    })
+
+
+# ---- rollout: prompt versions and the canary's verdict
+
+
+class PromptRegistryConfig(dg.Config):
+    """Used by: prompt_registry."""
+
+    templates_dir: str = ""
+    """Prompt template YAML files; empty: llm_assets/deployment/prompts/."""
+    apply: str = "assistant"
+    """The prompt the gateway puts before the served model's chat requests; empty: none."""
+    ab_weight: float = 0.5
+    """Traffic share of a new version of `apply` while it is A/B tested against the current one."""
+
+
+@dg.asset(group_name="deployment", kinds={"delta"})
+def prompt_registry(context: dg.AssetExecutionContext, config: PromptRegistryConfig,
+                    lakehouse: LakehouseResource, serving: ServingResource) -> dg.Output[dict]:
+    """Prompt templates versioned by content hash (Delta `prompt_registry`); a new version of the applied
+    prompt goes live at once as an A/B test beside the current one, for canary_analysis to judge."""
+    templates = prompts.load_templates(config.templates_dir or prompts.TEMPLATES_DIR)
+    new = prompts.register(lakehouse.root, templates)
+    latest = {p.name: p for p in templates}
+    if config.apply and config.apply not in latest:
+        raise ValueError(f"prompt_registry: apply={config.apply!r} is not among the templates {sorted(latest)}")
+    rollout = "no deployment running: the next endpoint applies it"
+    current = serving.current()
+    if config.apply and current is not None:
+        rollout = _roll_out_prompt(current.routes, latest[config.apply], config.ab_weight, serving)
+    context.log.info(f"{len(templates)} prompt templates, {len(new)} new versions; {config.apply}: {rollout}")
+    applied = latest.get(config.apply)
+    value = {"prompts": {p.name: {"version": p.version, "template": p.template} for p in templates},
+             "applied": config.apply, "new_versions": [f"{p.name}@{p.version}" for p in new]}
+    return dg.Output(value, metadata={
+        "templates": dg.MetadataValue.md("| name | version | template |\n|---|---|---|\n" + "\n".join(
+            f"| {p.name} | `{p.version}` | {' '.join(p.template.split())[:120]} |" for p in templates)),
+        "new_versions": dg.MetadataValue.json(value["new_versions"]),
+        "applied": config.apply or "none",
+        "applied_version": applied.version if applied else "none",
+        "rollout": rollout,
+        "registered_versions": len(prompts.registered(lakehouse.root)),
+    })
+
+
+def _roll_out_prompt(routes: dict, prompt: prompts.PromptVersion, ab_weight: float,
+                     serving: ServingResource) -> str:
+    """Apply `prompt` to the running deployment: alone when no version of it runs, else as an A/B arm."""
+    live = routes.get("prompts", {}).get(prompt.name, {}).get("versions", {})
+    if prompt.version in live:
+        return f"version {prompt.version} already live ({', '.join(live)})"
+    if not live:
+        serving.set_prompt(prompt.name, {prompt.version: {"template": prompt.template, "weight": 1.0}})
+        return f"version {prompt.version} applied to all traffic"
+    stable = max(live, key=lambda v: live[v]["weight"])
+    serving.set_prompt(prompt.name, {stable: {**live[stable], "weight": 1 - ab_weight},
+                                     prompt.version: {"template": prompt.template, "weight": ab_weight}})
+    return f"A/B: {prompt.version} at {ab_weight:.2f} against {stable}"
+
+
+class CanaryConfig(dg.Config):
+    """Used by: canary_analysis. Limits as in llm_assets/deployment/rollout.py (CanaryThresholds)."""
+
+    min_requests: int = 20
+    max_error_rate_increase: float = 0.02
+    max_latency_p95_ratio: float = 1.5
+    max_toxicity_increase: float = 0.05
+    max_positive_feedback_drop: float = 0.2
+    min_feedback: int = 5
+    probe_requests: int = 0
+    """> 0: send this many chat requests through the gateway first (quiet demos have no users)."""
+    probe_max_tokens: int = 16
+
+
+@dg.asset(group_name="deployment", kinds={"fastapi"}, deps=["endpoint_metrics"])
+def canary_analysis(context: dg.AssetExecutionContext, config: CanaryConfig, endpoint: Endpoint,
+                    exported_model: ExportedModel, prompt_registry: dict, serving: ServingResource,
+                    tracking: TrackingResource) -> dg.Output[dict]:
+    """The canary model version (and a prompt version under A/B test) against the stable one on live
+    traffic: promoted, rolled back or left running, with the numbers behind the decision."""
+    from llm_assets.monitoring import load
+
+    current = serving.current()
+    if current is None:
+        raise RuntimeError("canary_analysis: nothing is deployed (materialize endpoint first)")
+    if config.probe_requests > 0 and (len(current.versions) > 1 or _prompt_arms(current.routes)):
+        records, _ = load.run_load(current.url, current.model_name, config.probe_requests,
+                                   max_tokens=config.probe_max_tokens, api_key=serving.api_key)
+        context.log.info(f"sent {len(records)} probe requests, {sum(r.status == 200 for r in records)} answered")
+    limits = rollout.CanaryThresholds(**config.model_dump(exclude={"probe_requests", "probe_max_tokens"}))
+    logs = Path(serving.run_dir) / "logs"
+    requests = rollout.read_jsonl(logs / "requests.jsonl")
+    feedback = rollout.read_jsonl(logs / "feedback.jsonl")
+    decisions = {}
+    if len(current.versions) > 1:
+        promoted = tracking.promoted_version(exported_model.registered_name)
+        stable = promoted if promoted in current.versions else current.model_version
+        candidate = _newest(v for v in current.versions if v != stable)
+        decision = _judge(requests, feedback, "model_version", stable, candidate, limits)
+        decisions["model"] = decision
+        if decision.action == rollout.PROMOTE:
+            serving.promote(candidate, log=context.log)
+            tracking.promote(exported_model.registered_name, candidate)
+        elif decision.action == rollout.ROLLBACK:
+            serving.remove_version(candidate, log=context.log)
+    if arms := _prompt_arms(current.routes):
+        name, live = arms
+        stable = max(live, key=lambda v: live[v]["weight"])
+        candidate = next(v for v in live if v != stable)
+        decision = _judge(requests, feedback, "prompt_version", stable, candidate, limits)
+        decisions["prompt"] = decision
+        winner = {rollout.PROMOTE: candidate, rollout.ROLLBACK: stable}.get(decision.action)
+        if winner:
+            serving.set_prompt(name, {winner: {**live[winner], "weight": 1.0}})
+    for kind, d in decisions.items():
+        context.log.info(f"{kind} {d.candidate.version} vs {d.stable.version}: {d.action} ({'; '.join(d.reasons)})")
+    after = serving.current()
+    value = {"decisions": {k: d.as_dict() for k, d in decisions.items()}, "weights": after.weights,
+             "stable_version": after.model_version}
+    return dg.Output(value, metadata={
+        "model_decision": decisions["model"].action if "model" in decisions else "no canary",
+        "prompt_decision": decisions["prompt"].action if "prompt" in decisions else "no prompt A/B",
+        **{f"{k}_analysis": dg.MetadataValue.md(rollout.decision_table_md(d)) for k, d in decisions.items()},
+        "weights": dg.MetadataValue.json(after.weights),
+        "stable_version": after.model_version,
+        "requests_logged": len(requests),
+        "feedback_logged": len(feedback),
+    })
+
+
+def _newest(versions) -> str:
+    return max(versions, key=lambda v: (len(v), v))  # registry versions are integers as strings
+
+
+def _prompt_arms(routes: dict) -> tuple[str, dict] | None:
+    """(prompt name, live versions) of the served model's prompt when two versions are under test."""
+    model = next(iter(routes["models"].values()))
+    name = model.get("prompt")
+    live = routes.get("prompts", {}).get(name, {}).get("versions", {}) if name else {}
+    return (name, live) if len(live) > 1 else None
+
+
+def _judge(requests, feedback, column: str, stable: str, candidate: str,
+           limits: rollout.CanaryThresholds) -> rollout.Decision:
+    """Both arms over the same window: the requests since the candidate's first one."""
+    from llm_assets.evaluation.metrics import toxicity_probabilities
+
+    if len(requests):
+        mine = requests[requests[column].astype(str) == candidate]
+        if len(mine):
+            requests = requests[requests["timestamp"] >= mine["timestamp"].min()]
+    answered = requests[(requests["status"] == 200) & requests[column].astype(str).isin([stable, candidate])] \
+        if len(requests) else requests
+    toxicity = dict(zip(answered["request_id"], toxicity_probabilities(answered["response"].fillna("").tolist()))) \
+        if len(answered) else {}
+    return rollout.decide(rollout.arm_stats(requests, feedback, column, stable, toxicity),
+                          rollout.arm_stats(requests, feedback, column, candidate, toxicity), limits)

@@ -1,8 +1,10 @@
 """Detached server processes, tracked by pid files under a run directory.
 
-A deployment starts its model server and gateway with `start_new_session=True`, so they keep running
-after the Dagster run that started them has ended; `<run_dir>/<name>.pid` (JSON: pid, command, log)
-is how a later run, or `make down`, finds and stops them:
+A deployment starts its model servers and gateway with `start_new_session=True`, so they keep running
+after the Dagster run that started them has ended; `<run_dir>/<name>.pid` (JSON: pid, command, log, meta)
+is how a later run, the autoscaler, or `make down`, finds and stops them. `Fleet` starts and stops
+model-server replicas and tells the gateway through its admin API (used by ServingResource and the
+autoscaler alike):
 
     python -m llm_assets.deployment.processes status      # what runs under $LLMOPS_HOME/run
     python -m llm_assets.deployment.processes stop-all    # stop all of it (used by `make down`)
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,18 +23,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import httpx
 
 
 @dataclass(frozen=True)
 class ManagedProcess:
-    """A detached process started by `start`: its name, pid, command and log file."""
+    """A detached process started by `start`: its name, pid, command, log file and what it serves."""
 
     name: str
     pid: int
     command: list[str]
     log: str
+    meta: dict = field(default_factory=dict)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,7 +82,7 @@ def is_running(pid: int) -> bool:
 
 
 def start(name: str, command: list[str], run_dir: str | Path, env: dict[str, str] | None = None,
-          cwd: str | Path | None = None) -> ManagedProcess:
+          cwd: str | Path | None = None, meta: dict | None = None) -> ManagedProcess:
     """Start `command` detached (its own session), logging to `<run_dir>/<name>.log`; write its pid file.
 
     Refuses to start a second `name` while the first still runs.
@@ -93,9 +99,10 @@ def start(name: str, command: list[str], run_dir: str | Path, env: dict[str, str
         out.flush()
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
-    managed = ManagedProcess(name, proc.pid, list(command), str(log))
+    managed = ManagedProcess(name, proc.pid, list(command), str(log), dict(meta or {}))
     tmp = pid_file(run_dir, name).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": proc.pid, "command": managed.command, "log": managed.log}))
+    tmp.write_text(json.dumps({"pid": proc.pid, "command": managed.command, "log": managed.log,
+                               "meta": managed.meta}))
     tmp.replace(pid_file(run_dir, name))
     return managed
 
@@ -106,7 +113,7 @@ def read(run_dir: str | Path, name: str) -> ManagedProcess | None:
     if not path.exists():
         return None
     rec = json.loads(path.read_text())
-    return ManagedProcess(name, int(rec["pid"]), rec.get("command", []), rec.get("log", ""))
+    return ManagedProcess(name, int(rec["pid"]), rec.get("command", []), rec.get("log", ""), rec.get("meta", {}))
 
 
 def stop(run_dir: str | Path, name: str, timeout: float = 15.0) -> bool:
@@ -150,7 +157,7 @@ def status(run_dir: str | Path) -> dict[str, dict]:
     for path in sorted(Path(run_dir).glob("*.pid")):
         proc = read(run_dir, path.stem)
         out[proc.name] = {"pid": proc.pid, "running": is_running(proc.pid), "command": proc.command,
-                          "log": proc.log}
+                          "log": proc.log, **({"meta": proc.meta} if proc.meta else {})}
     return out
 
 
@@ -186,6 +193,138 @@ def wait_healthy(url: str, timeout: float, process: ManagedProcess | None = None
         time.sleep(0.25)
     tail = f"; log {process.log}:\n{log_tail(process.log)}" if process else ""
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s ({last}){tail}")
+
+
+def warm_up(url: str, model_id: str, process: ManagedProcess, timeout: float) -> float:
+    """One tiny completion straight to a model server, so the first real request does not pay for setup:
+    `transformers serve --continuous-batching` builds its batching manager and KV cache on first use."""
+    start_t = time.perf_counter()
+    try:
+        resp = httpx.post(f"{url}/v1/chat/completions", timeout=timeout,
+                          json={"model": model_id, "max_tokens": 1, "messages": [{"role": "user", "content": "hello"}]})
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"warm-up request to {url} failed: {e!r}; log {process.log}:\n{log_tail(process.log)}") from e
+    if resp.status_code != 200:
+        raise RuntimeError(f"warm-up request to {url} answered HTTP {resp.status_code}: {resp.text[:500]}; "
+                           f"log {process.log}:\n{log_tail(process.log)}")
+    return time.perf_counter() - start_t
+
+
+# ---------------------------------------------------------------- replicas behind the gateway
+
+FLEET_FILE = "serving.json"
+
+
+@dataclass
+class Fleet:
+    """A deployment's model-server replicas, and the gateway's admin API that puts them in rotation.
+
+    `<run_dir>/serving.json` records how to start one more replica (the backend command with `{model_dir}`
+    and `{port}` placeholders, its environment) and where the gateway is, so that a later Dagster run or the
+    autoscaler process can change the fleet. Each replica runs as `backend-<version>-<port>` with its URL,
+    model and version in its pid file's meta.
+    """
+
+    run_dir: str
+    backend_command: list[str]
+    gateway_url: str = ""
+    admin_key: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 300.0
+
+    def save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "admin_key"}  # the key stays out of files
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.run_dir) / FLEET_FILE).write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: str | Path, admin_key: str) -> "Fleet":
+        path = Path(run_dir) / FLEET_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: nothing is deployed under {run_dir}")
+        return cls(**{**json.loads(path.read_text()), "run_dir": str(run_dir), "admin_key": admin_key})
+
+    # ---- processes
+
+    def replicas(self, version: str | None = None) -> list[ManagedProcess]:
+        """The replica processes with pid files (of `version`, or all)."""
+        procs = [read(self.run_dir, p.stem) for p in sorted(Path(self.run_dir).glob("backend-*.pid"))]
+        return [p for p in procs if p is not None and (version is None or p.meta.get("version") == version)]
+
+    def start_replicas(self, model: str, version: str, model_dir: str, backend_model: str, n: int,
+                       log=None) -> list[str]:
+        """Start `n` replicas of `version`, wait until each is healthy and warmed up; returns their URLs."""
+        started: list[ManagedProcess] = []
+        try:
+            for _ in range(n):
+                port = free_port("127.0.0.1")
+                url = f"http://127.0.0.1:{port}"
+                command = [c.format(model_dir=model_dir, port=port) for c in self.backend_command]
+                tmp = Path(self.run_dir) / "tmp"
+                tmp.mkdir(parents=True, exist_ok=True)
+                proc = start(f"backend-{_safe(version)}-{port}", command, self.run_dir,
+                             env={**self.env, "TMPDIR": str(tmp)}, cwd=self.run_dir,
+                             meta={"url": url, "model": model, "version": version, "model_dir": model_dir})
+                started.append(proc)
+                if log:
+                    log.info(f"started replica {proc.name} (pid {proc.pid}): {' '.join(command)}")
+            for proc in started:
+                wait_healthy(f"{proc.meta['url']}/health", self.startup_timeout, proc)
+                seconds = warm_up(proc.meta["url"], backend_model, proc, self.startup_timeout)
+                if log:
+                    log.info(f"replica {proc.name} healthy, warmed up in {seconds:.1f}s")
+        except BaseException:
+            for proc in started:
+                stop(self.run_dir, proc.name)
+            raise
+        return [p.meta["url"] for p in started]
+
+    def stop_replica(self, url: str) -> bool:
+        for proc in self.replicas():
+            if proc.meta.get("url") == url:
+                return stop(self.run_dir, proc.name)
+        return False
+
+    # ---- the gateway's admin API
+
+    def admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+        if not self.gateway_url:
+            raise RuntimeError(f"no gateway URL in {Path(self.run_dir) / FLEET_FILE}")
+        resp = httpx.request(method, f"{self.gateway_url}{path}", json=body, timeout=timeout,
+                             headers={"Authorization": f"Bearer {self.admin_key}"})
+        if resp.status_code != 200:
+            raise RuntimeError(f"gateway admin {method} {path} answered HTTP {resp.status_code}: {resp.text[:500]}")
+        return resp.json()
+
+    def routes(self) -> dict:
+        return self.admin("GET", "/admin/routes")
+
+    def put_routes(self, routes: dict) -> dict:
+        return self.admin("PUT", "/admin/routes", routes)
+
+    def add_replica(self, model: str, version: str, log=None) -> str:
+        """Start one more replica of `version` and put it in rotation; returns its URL."""
+        entry = self.routes()["models"][model]["versions"][version]
+        model_dir = entry.get("model_dir") or entry["backend_model"]
+        [url] = self.start_replicas(model, version, model_dir, entry.get("backend_model") or model_dir, 1, log)
+        try:
+            self.admin("POST", "/admin/replicas", {"model": model, "version": version, "url": url})
+        except BaseException:
+            self.stop_replica(url)
+            raise
+        return url
+
+    def remove_replica(self, model: str, version: str, url: str | None = None) -> str:
+        """Take a replica of `version` (default: its last) out of rotation, let it drain, stop it."""
+        urls = self.routes()["models"][model]["versions"][version]["replicas"]
+        url = (url or urls[-1]).rstrip("/")
+        self.admin("DELETE", "/admin/replicas", {"model": model, "version": version, "url": url})
+        self.stop_replica(url)
+        return url
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
     sequences = read_split(token_shards.path, "validation")
     if len(sequences) == 0:
         raise ValueError(f"token_shards at {token_shards.path} has no validation sequences to evaluate on")
-    tokenizer = AutoTokenizer.from_pretrained(exported_model.path)
+    problem = _tokenizer_problem(context, exported_model)
+    tokenizer = None if problem else AutoTokenizer.from_pretrained(exported_model.path)
     model = AutoModelForCausalLM.from_pretrained(exported_model.path, dtype=torch.float32)
     context.log.info(f"evaluating {exported_model.registered_name} v{exported_model.version} on "
                      f"{len(sequences)} validation sequences of {sequences.shape[1]} tokens")
@@ -85,6 +86,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
     queued = review.enqueue(lakehouse.root, name, version, eval_plots.review_samples(result))
     verdicts = review.summary(lakehouse.root, name, version)
     suite, missing = eval_plots.gate_metrics(task_scores, rag_eval, red_team_report, bias_report, resource_benchmark)
+    if problem:
+        missing |= {m: problem for m in metrics.TOKENIZER_METRICS}
     values = {**result["metrics"], **suite}
     report = {
         "model": {"registered_name": exported_model.registered_name, "version": exported_model.version,
@@ -134,6 +137,14 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
             "data_commit": exported_model.data_commit,
         },
     )
+
+
+def _tokenizer_problem(context: dg.AssetExecutionContext, model: ExportedModel) -> str | None:
+    """Why the model's tokenizer is unusable (its text metrics are then reported missing), or None."""
+    problem = metrics.tokenizer_problem(model.path)
+    if problem:
+        context.log.warning(f"{problem}: the metrics that need it are reported missing")
+    return problem
 
 
 def promoted_baseline(tracking: TrackingResource, model: ExportedModel, reports_dir) -> dict | None:
@@ -189,6 +200,21 @@ class TaskScoresConfig(dg.Config):
     timeout_s: int = 1800
 
 
+def _run_tasks(context: dg.AssetExecutionContext, config: TaskScoresConfig, exported_model: ExportedModel,
+               token_shards: ShardSet, settings: SettingsResource, run_dir: Path) -> dict:
+    from llm_assets.evaluation import tasks as lm_tasks
+
+    rows = lm_tasks.build_task_data(token_shards.path, exported_model.path, run_dir / "data", samples=config.samples,
+                                    context_words=config.context_words, choice_words=config.choice_words,
+                                    seed=config.seed)
+    context.log.info(f"task data from the validation shards: {rows}; running lm-eval on "
+                     f"{len(config.tasks) + len(config.standard_tasks)} tasks")
+    return lm_tasks.run_tasks(exported_model.path, config.tasks, run_dir, standard_tasks=config.standard_tasks,
+                              samples=config.samples, batch_size=config.batch_size, seed=config.seed,
+                              offline=config.offline, threads=config.threads,
+                              cache_dir=settings.cache("huggingface"), timeout_s=config.timeout_s)
+
+
 @dg.asset(group_name="evaluation", kinds={"pytorch", "mlflow"})
 def task_scores(context: dg.AssetExecutionContext, config: TaskScoresConfig, exported_model: ExportedModel,
                 token_shards: ShardSet, settings: SettingsResource, tracking: TrackingResource) -> dg.Output[dict]:
@@ -196,15 +222,11 @@ def task_scores(context: dg.AssetExecutionContext, config: TaskScoresConfig, exp
     from llm_assets.evaluation import tasks as lm_tasks
 
     run_dir = settings.dir("reports", "eval", f"{exported_model.registered_name}-v{exported_model.version}-tasks")
-    rows = lm_tasks.build_task_data(token_shards.path, exported_model.path, run_dir / "data", samples=config.samples,
-                                    context_words=config.context_words, choice_words=config.choice_words,
-                                    seed=config.seed)
-    context.log.info(f"task data from the validation shards: {rows}; running lm-eval on "
-                     f"{len(config.tasks) + len(config.standard_tasks)} tasks")
-    scores = lm_tasks.run_tasks(exported_model.path, config.tasks, run_dir, standard_tasks=config.standard_tasks,
-                                samples=config.samples, batch_size=config.batch_size, seed=config.seed,
-                                offline=config.offline, threads=config.threads,
-                                cache_dir=settings.cache("huggingface"), timeout_s=config.timeout_s)
+    if problem := _tokenizer_problem(context, exported_model):
+        scores = {t: {"missing": problem} for t in [*config.tasks, *config.standard_tasks]}
+        (run_dir / "scores.json").write_text(json.dumps(scores, indent=2))
+    else:
+        scores = _run_tasks(context, config, exported_model, token_shards, settings, run_dir)
     for task, s in scores.items():
         if "missing" in s:
             context.log.warning(f"{task}: missing: {s['missing']}")
@@ -302,7 +324,10 @@ def rag_index(context: dg.AssetExecutionContext, config: RagIndexConfig, curated
         "lance_version": index.version,
         "lance_tag": index.tag,
         "build_s": dg.MetadataValue.float(build_s),
-        "embedded_per_s": dg.MetadataValue.float(index.rows / embed_s),
+        "embedded_per_s": dg.MetadataValue.float(index.changes["embedded"] / embed_s),
+        "embedded": index.changes["embedded"],
+        "reused": index.changes["reused"],
+        "removed": index.changes["removed"],
         "probe_query": probe["query"],
         "probe_embed_ms": dg.MetadataValue.float(probe["embed_ms"]),
         "probe_search_ms": dg.MetadataValue.float(probe["search_ms"]),
@@ -324,15 +349,19 @@ def rag_eval(context: dg.AssetExecutionContext, config: RagEvalConfig, rag_index
                                        config.seed)
     context.log.info(f"retrieval on {len(retrieval.questions)} questions: "
                      f"{ {k: round(v['value'], 3) for k, v in retrieval.metrics.items()} }")
-    with serving.temporary_backend(exported_model.path, name="rag_eval") as (url, model_id):
-        own = f"the evaluated model itself, {rag_answers.context_window(exported_model.path)}-token window"
-        judge = rag_answers.Judge(config.judge_url or url, config.judge_model or model_id, config.judge_api_key,
-                                  config.judge_timeout_s, config.judge_max_failures,
-                                  note="" if config.judge_url else own)
-        answers = rag_answers.evaluate_answers(
-            retrieval, exported_model.path, url, model_id, judge, questions=config.rag_questions,
-            context_passages=config.context_passages, max_tokens=config.max_tokens,
-            support_threshold=config.support_threshold, timeout_s=config.answer_timeout_s, seed=config.seed)
+    if problem := _tokenizer_problem(context, exported_model):
+        answers, judge_url = rag_answers.unanswered(problem), config.judge_url or "not asked"
+    else:
+        with serving.temporary_backend(exported_model.path, name="rag_eval") as (url, model_id):
+            own = f"the evaluated model itself, {rag_answers.context_window(exported_model.path)}-token window"
+            judge = rag_answers.Judge(config.judge_url or url, config.judge_model or model_id, config.judge_api_key,
+                                      config.judge_timeout_s, config.judge_max_failures,
+                                      note="" if config.judge_url else own)
+            answers = rag_answers.evaluate_answers(
+                retrieval, exported_model.path, url, model_id, judge, questions=config.rag_questions,
+                context_passages=config.context_passages, max_tokens=config.max_tokens,
+                support_threshold=config.support_threshold, timeout_s=config.answer_timeout_s, seed=config.seed)
+        judge_url = judge.base_url
     metrics = {**retrieval.metrics, **answers["metrics"]}
     for name, m in metrics.items():
         if "missing" in m:
@@ -342,7 +371,7 @@ def rag_eval(context: dg.AssetExecutionContext, config: RagEvalConfig, rag_index
     path.write_text(json.dumps({
         "model": {"registered_name": exported_model.registered_name, "version": exported_model.version,
                   "path": exported_model.path},
-        "index": dataclasses.asdict(rag_index), "config": config.model_dump(), "judge": judge.base_url,
+        "index": dataclasses.asdict(rag_index), "config": config.model_dump(), "judge": judge_url,
         "metrics": metrics, "samples": answers["samples"], "records": answers["records"]}, indent=1))
     client = tracking.client()
     values = {f"rag_{name}": m["value"] for name, m in metrics.items() if "value" in m}
@@ -360,7 +389,7 @@ def rag_eval(context: dg.AssetExecutionContext, config: RagEvalConfig, rag_index
             "retrieval_questions": len(retrieval.questions),
             "rag_questions": answers["samples"]["questions"],
             "answered": answers["samples"]["answered"],
-            "judge": judge.base_url,
+            "judge": judge_url,
             "data_commit": rag_index.data_commit,
             "index_version": rag_index.version,
             "report": dg.MetadataValue.path(str(path)),
@@ -401,6 +430,9 @@ def resource_benchmark(context: dg.AssetExecutionContext, config: ResourceBenchm
     if unknown := set(config.in_process) - set(bench.PRECISIONS):
         raise ValueError(f"resource_benchmark in_process: unknown precisions {sorted(unknown)}; "
                          f"use {bench.PRECISIONS}")
+    if problem := _tokenizer_problem(context, exported_model):
+        return dg.Output({"missing": problem, "model_version": exported_model.version},
+                         metadata={"missing": problem, "model_version": exported_model.version})
     name = f"{exported_model.registered_name}-v{exported_model.version}"
     out_dir = settings.dir("reports", "bench")
     load_avg = os.getloadavg()[0]  # other work on the machine skews every figure here
@@ -487,28 +519,34 @@ def red_team_report(context: dg.AssetExecutionContext, config: RedTeamConfig, ex
     extraction, system-prompt leaks and garak probes."""
     name = f"{exported_model.registered_name}-v{exported_model.version}"
     out_dir = settings.dir("reports", "redteam")
-    python, why = (red_team.resolve_garak(config.garak_python, settings.cache(), config.garak_install,
-                                          context.log.info) if config.garak_probes else (None, ""))
     canary, secret = red_team.run_tokens(config.seed)
     attacks = red_team.load_attacks(canary, secret)
-    fit = red_team.ContextFit(exported_model.path)
-    with serving.temporary_backend(exported_model.path, name="red_team") as (backend_url, model_id), \
-            red_team.guarded_gateway(backend_url, model_id, exported_model.path, Path(serving.run_dir) / "red_team",
-                                     model_name=exported_model.registered_name) as url:
-        context.log.info(f"{len(attacks)} attacks against {name} at {url} (context {fit.context} tokens)")
-        results = red_team.run_attacks(
-            attacks, url, exported_model.registered_name, fit, canary=canary, secret=secret,
-            max_tokens=config.max_tokens, temperature=config.temperature,
-            toxicity_threshold=config.toxicity_threshold, concurrency=config.concurrency,
-            timeout_s=config.request_timeout_s)
-        garak = {}
-        if config.garak_probes:
-            context.log.info(f"garak ({python or why}) probes {config.garak_probes}")
-            garak = red_team.run_garak(python, url, exported_model.registered_name, config.garak_probes,
-                                       out_dir / f"{name}-garak", fit=fit, max_tokens=config.max_tokens,
-                                       prompt_cap=config.garak_prompt_cap, seed=config.seed,
-                                       timeout_s=config.garak_timeout_s, why_missing=why)
-    categories = {**red_team.category_rates(results), **garak}
+    if problem := _tokenizer_problem(context, exported_model):
+        results, python, why = [], None, problem
+        categories = {k: {"missing": problem} for k in [*dict.fromkeys(a.category for a in attacks),
+                                                        *(f"garak.{p}" for p in config.garak_probes)]}
+    else:
+        python, why = (red_team.resolve_garak(config.garak_python, settings.cache(), config.garak_install,
+                                              context.log.info) if config.garak_probes else (None, ""))
+        fit = red_team.ContextFit(exported_model.path)
+        with serving.temporary_backend(exported_model.path, name="red_team") as (backend_url, model_id), \
+                red_team.guarded_gateway(backend_url, model_id, exported_model.path,
+                                         Path(serving.run_dir) / "red_team",
+                                         model_name=exported_model.registered_name) as url:
+            context.log.info(f"{len(attacks)} attacks against {name} at {url} (context {fit.context} tokens)")
+            results = red_team.run_attacks(
+                attacks, url, exported_model.registered_name, fit, canary=canary, secret=secret,
+                max_tokens=config.max_tokens, temperature=config.temperature,
+                toxicity_threshold=config.toxicity_threshold, concurrency=config.concurrency,
+                timeout_s=config.request_timeout_s)
+            garak = {}
+            if config.garak_probes:
+                context.log.info(f"garak ({python or why}) probes {config.garak_probes}")
+                garak = red_team.run_garak(python, url, exported_model.registered_name, config.garak_probes,
+                                           out_dir / f"{name}-garak", fit=fit, max_tokens=config.max_tokens,
+                                           prompt_cap=config.garak_prompt_cap, seed=config.seed,
+                                           timeout_s=config.garak_timeout_s, why_missing=why)
+        categories = {**red_team.category_rates(results), **garak}
     missing = {k: e["missing"] for k, e in categories.items() if "missing" in e}
     for k, reason in missing.items():
         context.log.warning(f"redteam {k}: missing: {reason}")
@@ -571,6 +609,9 @@ def bias_report(context: dg.AssetExecutionContext, config: BiasConfig, exported_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if problem := _tokenizer_problem(context, exported_model):
+        return dg.Output({"missing": problem, "groups": {}, "gaps": {}, "model_version": exported_model.version},
+                         metadata={"missing": problem, "model_version": exported_model.version})
     name = f"{exported_model.registered_name}-v{exported_model.version}"
     tokenizer = AutoTokenizer.from_pretrained(exported_model.path)
     model = AutoModelForCausalLM.from_pretrained(exported_model.path, dtype=torch.float32)

@@ -60,6 +60,14 @@ def parse_threshold(name: str) -> tuple[str, str]:
     raise ValueError(f"threshold {name!r} must start with 'max_' or 'min_'")
 
 
+def missing_reason(missing: Mapping[str, str], metric: str) -> str:
+    """The reason `metric` is missing: its own entry, else that of a `prefix*` entry covering a whole asset."""
+    if metric in missing:
+        return missing[metric]
+    return next((why for key, why in missing.items() if key.endswith("*") and metric.startswith(key[:-1])),
+                "not reported")
+
+
 def evaluate_gate(metrics: Mapping[str, object], thresholds: Mapping[str, float],
                   missing: Mapping[str, str] | None = None) -> tuple[bool, list[GateRow]]:
     """Judge `metrics` against `thresholds`; returns (all passed, one row per threshold).
@@ -74,7 +82,7 @@ def evaluate_gate(metrics: Mapping[str, object], thresholds: Mapping[str, float]
         raw = metrics.get(metric)
         value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
         if value is None or math.isnan(value):
-            reason = f"missing: {(missing or {}).get(metric, 'not reported')}" if raw is None else f"not a number: {raw!r}"
+            reason = f"missing: {missing_reason(missing or {}, metric)}" if raw is None else f"not a number: {raw!r}"
             rows.append(GateRow(metric, value, op, threshold, False, reason))
             continue
         passed = value <= threshold if op == "<=" else value >= threshold

@@ -243,20 +243,49 @@ def toxicity_rate(texts: Sequence[str], threshold: float = 0.5) -> float:
     return sum(p > threshold for p in probs) / len(probs)
 
 
+TOKENIZER_METRICS = ("bits_per_byte", "fixed_perplexity", "fixed_bits_per_byte", "rouge_1", "rouge_2", "rouge_l",
+                     "bleu", "exact_match", "token_f1", "toxicity_rate", "toxicity_max_prob")
+"""The metrics of `evaluate_model` that need the model's tokenizer (text in or out); perplexity does not."""
+
+
+def tokenizer_problem(model_dir: str) -> str | None:
+    """Why the tokenizer in `model_dir` cannot be used, or None when it loads and round-trips text."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        ids = tokenizer("Hello world.", add_special_tokens=False)["input_ids"]
+        if not ids or "Hello" not in tokenizer.decode(ids):
+            return f"the tokenizer in {model_dir} does not round-trip text ('Hello world.' came back as " \
+                   f"{tokenizer.decode(ids)!r}): a directory without tokenizer files?"
+    except Exception as e:  # any load failure is the reason, reported instead of the metrics
+        return f"the tokenizer in {model_dir} does not load: {type(e).__name__}: {str(e)[:300]}"
+    return None
+
+
 def evaluate_model(model: torch.nn.Module, tokenizer, sequences: np.ndarray, *, perplexity_sequences: int = 64,
                    rouge_samples: int = 16, toxicity_samples: int = 16, prompt_tokens: int = 32,
                    continuation_tokens: int = 32, max_new_tokens: int = 32, temperature: float = 1.0,
                    top_k: int = 50, toxicity_threshold: float = 0.5, batch_size: int = 8, seed: int = 0,
                    examples: int = 3) -> dict:
-    """All three metrics on validation `sequences` [n, seq_len]; returns metrics, sample sizes and examples."""
+    """All three metrics on validation `sequences` [n, seq_len]; returns metrics, sample sizes and examples.
+
+    With `tokenizer` None only perplexity and cross-entropy (token ids in, no text) are computed."""
     sequences = np.asarray(sequences)
     if sequences.ndim != 2 or len(sequences) == 0:
         raise ValueError(f"validation sequences must be a non-empty [n, seq_len] array, got shape {sequences.shape}")
     prompt_len, cont_len = split_lengths(sequences.shape[1], prompt_tokens, continuation_tokens)
-    eos = tokenizer.eos_token_id
 
     ppl_rows = sample_rows(sequences, perplexity_sequences, seed)
     ce = mean_cross_entropy(model, ppl_rows, batch_size)
+    if tokenizer is None:
+        return {"metrics": {"perplexity": math.exp(ce), "cross_entropy": ce}, "intervals": {},
+                "samples": {"perplexity_sequences": len(ppl_rows),
+                            "perplexity_tokens": int(len(ppl_rows) * (sequences.shape[1] - 1)),
+                            "validation_sequences": len(sequences)},
+                "lengths": {"seq_len": int(sequences.shape[1])}, "examples": [], "sampled_generations": [],
+                "qa_examples": []}
+    eos = tokenizer.eos_token_id
 
     rouge_rows = as_token_tensor(sample_rows(sequences, rouge_samples, seed + 1))
     prompts = rouge_rows[:, :prompt_len]

@@ -171,6 +171,9 @@ class RagIndex:
     embedding_model: str
     dim: int
     passage_words: int
+    changes: dict | None = None
+    """{"embedded", "reused", "removed"}: passages embedded anew, vectors kept from the previous version, and
+    passages gone since it."""
 
 
 def commit_tag(data_commit: str) -> str:
@@ -180,21 +183,33 @@ def commit_tag(data_commit: str) -> str:
 def build_index(passages: Sequence[Passage], uri: str | Path, data_commit: str, *, passages_total: int,
                 documents: int, passage_words: int, batch_size: int = 32,
                 log: Callable[[str], None] | None = None) -> RagIndex:
-    """Embed `passages` and write them as a new version of the `passages` table, tagged with the data commit."""
+    """Write `passages` as a new version of the `passages` table, tagged with the data commit.
+
+    Incremental: a passage whose id and text hash are already in the table keeps its vector; only new and
+    changed passages are embedded, and passages no longer given are gone from the new version.
+    """
     import lancedb
     import pyarrow as pa
 
     if not passages:
         raise ValueError(f"no passages to index from data commit {data_commit}: every document was shorter "
                          f"than {MIN_PASSAGE_WORDS} words")
-    vectors, start = [], time.perf_counter()
-    for i in range(0, len(passages), 256):
-        vectors.append(embed([p.text for p in passages[i:i + 256]], batch_size))
+    db = lancedb.connect(str(uri))
+    known = _known_vectors(db)
+    hashes = [text_hash(p.text) for p in passages]
+    todo = [i for i, (p, h) in enumerate(zip(passages, hashes)) if (p.id, h) not in known]
+    fresh, start = {}, time.perf_counter()
+    for i in range(0, len(todo), 256):
+        batch = todo[i:i + 256]
+        fresh.update(zip(batch, embed([passages[j].text for j in batch], batch_size)))
         if log:
-            done = min(i + 256, len(passages))
-            log(f"embedded {done:,}/{len(passages):,} passages ({done / (time.perf_counter() - start):.1f}/s)")
-    matrix = np.concatenate(vectors)
+            done = min(i + 256, len(todo))
+            log(f"embedded {done:,}/{len(todo):,} new or changed passages ({done / (time.perf_counter() - start):.1f}/s)")
+    matrix = np.stack([fresh[i] if i in fresh else known[(p.id, h)] for i, (p, h) in enumerate(zip(passages, hashes))])
     dim = matrix.shape[1]
+    kept = {(p.id, h) for p, h in zip(passages, hashes)}
+    changes = {"embedded": len(todo), "reused": len(passages) - len(todo),
+               "removed": sum(key not in kept for key in known)}
     schema = pa.schema(
         [pa.field("id", pa.string()), pa.field("doc_id", pa.string()), pa.field("text", pa.string()),
          pa.field("text_hash", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim))],
@@ -202,16 +217,25 @@ def build_index(passages: Sequence[Passage], uri: str | Path, data_commit: str, 
                   "passage_words": str(passage_words), "passages_total": str(passages_total)})
     data = pa.Table.from_arrays(
         [pa.array([p.id for p in passages]), pa.array([p.doc_id for p in passages]),
-         pa.array([p.text for p in passages]), pa.array([text_hash(p.text) for p in passages]),
+         pa.array([p.text for p in passages]), pa.array(hashes),
          pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)], schema=schema)
-    table = lancedb.connect(str(uri)).create_table(TABLE, data, mode="overwrite")
+    table = db.create_table(TABLE, data, mode="overwrite")
     tag = commit_tag(data_commit)
     if tag in table.tags.list():
         table.tags.update(tag, table.version)
     else:
         table.tags.create(tag, table.version)
     return RagIndex(str(uri), TABLE, table.version, tag, data_commit, len(passages), passages_total, documents,
-                    EMBEDDING_MODEL, dim, passage_words)
+                    EMBEDDING_MODEL, dim, passage_words, changes)
+
+
+def _known_vectors(db) -> dict[tuple[str, str], np.ndarray]:
+    """(passage id, text hash) -> vector of the table's latest version; empty when there is none yet."""
+    if TABLE not in db.table_names():
+        return {}
+    rows = db.open_table(TABLE).to_arrow().select(["id", "text_hash", "vector"])
+    vectors = rows.column("vector").combine_chunks().flatten().to_numpy().reshape(len(rows), -1)
+    return dict(zip(zip(rows.column("id").to_pylist(), rows.column("text_hash").to_pylist()), vectors))
 
 
 def open_index(index: RagIndex):

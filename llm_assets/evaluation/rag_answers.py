@@ -265,6 +265,16 @@ def no_answer_reason(samples: Sequence[RagSample]) -> str:
 
 # ---------------------------------------------------------------- all together
 
+ANSWER_METRICS = ("answer_similarity", "answer_keyword_presence", "unsupported_claim_rate", "faithfulness",
+                  "answer_relevancy")
+
+
+def unanswered(reason: str) -> dict:
+    """`evaluate_answers`' result when no answer can be asked for: every answer metric missing with `reason`."""
+    return {"metrics": {m: {"missing": reason} for m in ANSWER_METRICS},
+            "samples": {"questions": 0, "answered": 0, "failed": 0}, "records": []}
+
+
 def evaluate_answers(retrieval: RetrievalResult, model_dir: str, url: str, model: str, judge: Judge, *,
                      questions: int = 16, context_passages: int = 2, max_tokens: int = 32,
                      support_threshold: float = 0.5, timeout_s: float = 120.0, seed: int = 0) -> dict:

@@ -56,7 +56,7 @@ def gate_metrics(task_scores: dict, rag_eval: dict, red_team_report: dict, bias_
     from llm_assets.evaluation import bias_eval, tasks
 
     values: dict[str, float] = {**tasks.flat_metrics(task_scores), **bias_eval.flat_metrics(bias_report)}
-    missing = {f"task_{t}": s["missing"] for t, s in task_scores.items() if "missing" in s}
+    missing = {f"task_{t}_*": s["missing"] for t, s in task_scores.items() if "missing" in s}
     missing |= {f"task_{t}_{m}": why for t, s in task_scores.items() for m, why in s.get("missing_metrics", {}).items()}
     for name, m in rag_eval["metrics"].items():
         if "value" in m:
@@ -69,4 +69,7 @@ def gate_metrics(task_scores: dict, rag_eval: dict, red_team_report: dict, bias_
         else:
             missing[f"redteam_{category}_rate"] = e["missing"]
     values |= {f"bench_{k}": v for k, v in resource_benchmark.items() if isinstance(v, (int, float))}
+    for prefix, result in (("bias_*", bias_report), ("bench_*", resource_benchmark)):
+        if "missing" in result:
+            missing[prefix] = result["missing"]
     return values, missing

@@ -8,7 +8,7 @@
   process tree; GPU memory too, through `nvidia-smi`, where there is one (vLLM preallocates most of the
   GPU, so on GPU that figure is its reservation, not what the requests needed).
 - In-process (fp32 and int8): `transformers serve` loads Hugging Face weights only, so the deployment's
-  dynamic-int8 model (deployment/quantize.py) is measured in a fresh process that runs `generate`
+  dynamic-int8 model (optimization/quantize.py) is measured in a fresh process that runs `generate`
   (KV cache, greedy) on the same prompts one at a time, beside fp32 measured the same way. Peak RSS is
   that process's; `model_rss_mb` is the peak minus its RSS after imports (for int8 this includes the
   float model `load_int8` builds before quantizing). CPU only: dynamic int8 is a CPU kernel.
@@ -257,7 +257,7 @@ def bench_in_process(model_dir: str | Path, precision: str, prompts: Sequence[st
     with tempfile.TemporaryDirectory(prefix="bench-", dir=work_dir) as tmp:
         path = Path(model_dir)
         if precision == "int8":
-            from llm_assets.deployment.quantize import quantize_model_dir
+            from llm_assets.optimization.quantize import quantize_model_dir
 
             path = Path(tmp) / "int8"
             quantize_model_dir(model_dir, path)
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_assets.deployment.quantize import load_int8
+    from llm_assets.optimization.quantize import load_int8
 
     baseline = psutil.Process().memory_info().rss
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

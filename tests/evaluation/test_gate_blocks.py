@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 
 from llm_assets.artifacts import ExportedModel, ShardSet
-from llm_assets.deployment.assets import quantized_model
+from llm_assets.optimization.assets import quantized_model
 from llm_assets.evaluation import review
 from llm_assets.evaluation.assets import eval_gate, eval_report
 from llm_assets.tokens import shards
@@ -85,3 +85,41 @@ def test_gate_blocks_a_model_worse_than_the_promoted_one(llmops_resources, tmp_p
     queued = review.items(llmops_resources["lakehouse"].root, "gated", "2")
     assert {i["kind"] for i in queued} == {"continuation", "sampled", "qa"} and report["qa_pairs"] > 0
     assert (tmp_path / "home" / "reports" / "eval" / "gated-v2.trend.png").exists()
+
+
+def test_a_model_without_a_tokenizer_is_reported_missing_and_fails_the_gate(llmops_resources, tmp_path):
+    from llm_assets.evaluation.assets import bias_report, red_team_report, resource_benchmark, task_scores
+
+    model_dir = build_tiny_model(tmp_path / "no-tokenizer", train_steps=1)
+    for f in model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            f.unlink()
+    shard_set = pack_validation_shards(tmp_path, train_tokenizer())
+    run_id = llmops_resources["tracking"].start_run("no-tokenizer-test", {})
+
+    @dg.asset(name="exported_model", group_name="training")
+    def exported() -> ExportedModel:
+        return ExportedModel(path=str(model_dir), registered_name="untokenized", version="1", mlflow_run_id=run_id,
+                             data_commit="c")
+
+    @dg.asset(name="token_shards", group_name="tokens")
+    def token_shards() -> ShardSet:
+        return shard_set
+
+    @dg.asset(name="rag_eval", group_name="evaluation")
+    def rag_stand_in() -> dict:
+        return SUITE["rag_eval"]
+
+    result = dg.materialize([exported, token_shards, task_scores, red_team_report, bias_report, resource_benchmark,
+                             rag_stand_in, eval_report, eval_gate], resources=llmops_resources,
+                            run_config={"ops": {"eval_report": {"config": EVAL}}}, raise_on_error=False)
+    report = result.output_for_node("eval_report")
+    assert report["perplexity"] > 1  # needs token ids only
+    for metric in ("rouge_l", "exact_match", "toxicity_rate", "task_llmops_cloze", "redteam_prompt_injection",
+                   "bias_*", "bench_*"):
+        reasons = [why for name, why in report["missing"].items() if name.startswith(metric.rstrip("*"))]
+        assert reasons and "tokenizer in" in reasons[0] and str(model_dir) in reasons[0], metric
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert "task_llmops_cloze_acc: missing: the tokenizer in" in check.description
+    assert "bias_toxicity_rate_gap: missing: the tokenizer in" in check.description

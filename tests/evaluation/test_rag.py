@@ -70,6 +70,23 @@ def test_each_index_version_records_its_data_commit(tmp_path):
     assert rag.open_index(again).tags.list()["data-commit-a"]["version"] == again.version > second.version
 
 
+def test_a_new_data_commit_embeds_only_new_and_changed_passages(tmp_path):
+    passages = [rag.Passage(f"d{i}:0", f"d{i}", f"Passage number {i} talks about topic {i} at some length.")
+                for i in range(4)]
+    first = rag.build_index(passages, tmp_path, "commit-a", passages_total=4, documents=4, passage_words=100)
+    assert first.changes == {"embedded": 4, "reused": 0, "removed": 0}
+    changed = rag.Passage("d1:0", "d1", "Passage one was rewritten and now talks about something else.")
+    new = rag.Passage("d9:0", "d9", "A brand new document arrived with this data commit today.")
+    second = rag.build_index([passages[0], changed, passages[2], new], tmp_path, "commit-b", passages_total=4,
+                             documents=4, passage_words=100)
+    assert second.changes == {"embedded": 2, "reused": 2, "removed": 2}  # d1's old text and d3 are gone
+    rows = {r["id"]: r for r in rag.open_index(second).to_arrow().to_pylist()}
+    assert set(rows) == {"d0:0", "d1:0", "d2:0", "d9:0"} and rows["d1:0"]["text"] == changed.text
+    old = {r["id"]: r for r in rag.open_index(first).to_arrow().to_pylist()}
+    assert rows["d0:0"]["vector"] == old["d0:0"]["vector"]  # reused, not re-embedded
+    assert rows["d9:0"]["vector"] == pytest.approx(rag.embed([new.text])[0].tolist(), abs=1e-5)
+
+
 def test_questions_mask_a_word_of_their_passage_and_are_seeded(index):
     passages = rag.read_passages(rag.open_index(index))
     questions = rag.make_questions(passages, 20)

@@ -36,6 +36,8 @@ class ShardSet:
     manifest_sha256: str
     data_commit: str
     seq_len: int
+    remote: str = ""
+    """`s3://...` copy of the shard directory when there is an object-storage home (see `tokens.assets.local_shards`)."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Each table version records in its Delta commit the run that wrote it and the tab
 
     rows(input @ version read) == rows(output @ version written) + quarantined(run_id, asset)
 
-Read with delta-rs and pyarrow only: the quarantine table is scanned for two columns.
+Read with delta-rs and pyarrow only: the quarantine table is scanned for two columns. Tables in object
+storage need the lakehouse's `storage_options()` (`lineage` takes them from the lakehouse itself).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ class StepBalance:
         return self.rows_in == self.kept + self.quarantined
 
 
-def commit_info(table: TableVersion) -> dict:
+def commit_info(table: TableVersion, storage_options: dict[str, str] | None = None) -> dict:
     """The custom metadata of the Delta commit that wrote `table`."""
-    return next((h for h in DeltaTable(table.uri).history() if h.get("version") == table.version), {})
+    history = DeltaTable(table.uri, storage_options=storage_options).history()
+    return next((h for h in history if h.get("version") == table.version), {})
 
 
 def pinned(lakehouse: LakehouseResource, name: str, version: int) -> TableVersion:
-    dt = DeltaTable(lakehouse.uri(name), version=version)
+    dt = lakehouse.delta_table(name, version)
     rows = dt.get_add_actions(flatten=True).column("num_records").to_pylist()
     return TableVersion(name, lakehouse.uri(name), version, int(sum(r or 0 for r in rows)))
 
@@ -48,23 +50,24 @@ def lineage(lakehouse: LakehouseResource, table: TableVersion) -> list[TableVers
     """`table` and the versions it was made from, following the `input` recorded in each Delta commit."""
     chain = [table]
     while True:
-        name, _, version = (commit_info(chain[-1]).get("input") or "").rpartition("@")
+        name, _, version = (commit_info(chain[-1], lakehouse.storage_options()).get("input") or "").rpartition("@")
         if not name:
             return chain
         chain.append(pinned(lakehouse, name, int(version)))
 
 
-def step_balances(chain: list[TableVersion], quarantine_uri: str | None) -> list[StepBalance]:
+def step_balances(chain: list[TableVersion], quarantine_uri: str | None,
+                  storage_options: dict[str, str] | None = None) -> list[StepBalance]:
     """Balances of every step in `chain` (a table followed by the versions it was made from)."""
     by_name = {t.name: t for t in chain}
     quarantine = None
     if quarantine_uri is not None:
-        dataset = DeltaTable(quarantine_uri).to_pyarrow_dataset()
+        dataset = DeltaTable(quarantine_uri, storage_options=storage_options).to_pyarrow_dataset()
         if {"run_id", "asset"} <= set(dataset.schema.names):
             quarantine = dataset.to_table(columns=["run_id", "asset"])
     balances = []
     for table in chain:
-        info = commit_info(table)
+        info = commit_info(table, storage_options)
         name, _, version = (info.get("input") or "").rpartition("@")
         if not name or name not in by_name:
             continue

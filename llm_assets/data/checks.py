@@ -72,7 +72,7 @@ def curated_corpus_accounting(curated_corpus: CommittedTable, lakehouse: Lakehou
     """Nothing vanishes: every step's input rows = its kept rows + the rows it quarantined."""
     chain = accounting.lineage(lakehouse, curated_corpus.table)
     quarantine = lakehouse.latest(QUARANTINE)
-    balances = accounting.step_balances(chain, quarantine.uri if quarantine else None)
+    balances = accounting.step_balances(chain, quarantine.uri if quarantine else None, lakehouse.storage_options())
     unbalanced = [b.asset for b in balances if not b.balanced]
     return dg.AssetCheckResult(passed=bool(balances) and not unbalanced, metadata={
         "steps": dg.MetadataValue.md(accounting.balances_markdown(balances)),

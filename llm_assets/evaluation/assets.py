@@ -14,6 +14,7 @@ import dagster as dg
 from llm_assets.artifacts import CommittedTable, ExportedModel, ShardSet
 from llm_assets.data.bias import image_markdown
 from llm_assets.evaluation import bias_eval, gate, metrics, rag, red_team, report as eval_plots, review
+from llm_assets.tokens.assets import local_shards
 from resources.lakehouse import LakehouseResource
 from resources.serving import ServingResource
 from resources.settings import SettingsResource
@@ -72,9 +73,10 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
 
     from llm_assets.tokens.shards import read_split
 
-    sequences = read_split(token_shards.path, "validation")
+    shard_dir = local_shards(token_shards, settings)
+    sequences = read_split(shard_dir, "validation")
     if len(sequences) == 0:
-        raise ValueError(f"token_shards at {token_shards.path} has no validation sequences to evaluate on")
+        raise ValueError(f"token_shards at {shard_dir} has no validation sequences to evaluate on")
     problem = _tokenizer_problem(context, exported_model)
     tokenizer = None if problem else AutoTokenizer.from_pretrained(exported_model.path)
     model = AutoModelForCausalLM.from_pretrained(exported_model.path, dtype=torch.float32)
@@ -83,8 +85,9 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, exported_
     result = metrics.evaluate_model(model, tokenizer, sequences, examples=config.review_samples,
                                     **config.model_dump(exclude={"review_samples"}))
     name, version = exported_model.registered_name, exported_model.version
-    queued = review.enqueue(lakehouse.root, name, version, eval_plots.review_samples(result))
-    verdicts = review.summary(lakehouse.root, name, version)
+    queued = review.enqueue(lakehouse.root, name, version, eval_plots.review_samples(result),
+                            lakehouse.storage_options())
+    verdicts = review.summary(lakehouse.root, name, version, lakehouse.storage_options())
     suite, missing = eval_plots.gate_metrics(task_scores, rag_eval, red_team_report, bias_report, resource_benchmark)
     if problem:
         missing |= {m: problem for m in metrics.TOKENIZER_METRICS}
@@ -204,7 +207,7 @@ def _run_tasks(context: dg.AssetExecutionContext, config: TaskScoresConfig, expo
                token_shards: ShardSet, settings: SettingsResource, run_dir: Path) -> dict:
     from llm_assets.evaluation import tasks as lm_tasks
 
-    rows = lm_tasks.build_task_data(token_shards.path, exported_model.path, run_dir / "data", samples=config.samples,
+    rows = lm_tasks.build_task_data(local_shards(token_shards, settings), exported_model.path, run_dir / "data", samples=config.samples,
                                     context_words=config.context_words, choice_words=config.choice_words,
                                     seed=config.seed)
     context.log.info(f"task data from the validation shards: {rows}; running lm-eval on "

@@ -282,7 +282,7 @@ def output_quality(context: dg.AssetExecutionContext, config: QualityConfig, spa
     queued = 0
     if config.review_queue and not scored.empty:
         for (model, version), samples in quality.review_samples(scored, picked).items():
-            queued += review.enqueue(lakehouse.root, model, version, samples)
+            queued += review.enqueue(lakehouse.root, model, version, samples, lakehouse.storage_options())
     tables.append_frame(session, lakehouse, QUALITY_HISTORY, pd.DataFrame([{
         "measured_at": datetime.now(timezone.utc), **{k: float(summary[k]) for k in _QUALITY_NUMBERS},
         "sampled": summary["sampled"], "breaches": "; ".join(breaches)}]), "quality summary")

@@ -13,6 +13,7 @@ import dagster as dg
 
 from llm_assets.artifacts import ExportedModel, OptimizedModel, QuantizedModel, ShardSet, TokenizerArtifact
 from llm_assets.optimization import compare, distill, prune, quantize
+from llm_assets.tokens.assets import local_shards
 from llm_assets.training import export, launcher, tracking_utils
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
@@ -64,7 +65,7 @@ class DistillConfig(ScoringConfig):
     """Reuse a finished student of the same teacher, shards and config."""
 
 
-def _score(config: ScoringConfig, original_dir: str, candidate, candidate_dir: Path, token_shards: ShardSet,
+def _score(config: ScoringConfig, original_dir: str, candidate, candidate_dir: Path, shard_dir: str,
            name: str) -> tuple[dict, str]:
     """The candidate model scored against the original on the same validation sequences and prompts."""
     import torch
@@ -73,9 +74,9 @@ def _score(config: ScoringConfig, original_dir: str, candidate, candidate_dir: P
     from llm_assets.evaluation.metrics import sample_rows
     from llm_assets.tokens.shards import read_split
 
-    sequences = sample_rows(read_split(token_shards.path, "validation"), config.perplexity_sequences, config.seed)
+    sequences = sample_rows(read_split(shard_dir, "validation"), config.perplexity_sequences, config.seed)
     if len(sequences) == 0:
-        raise ValueError(f"token_shards {token_shards.path} have no validation sequences to score {name} on")
+        raise ValueError(f"token_shards {shard_dir} have no validation sequences to score {name} on")
     tokenizer = AutoTokenizer.from_pretrained(original_dir)
     original = AutoModelForCausalLM.from_pretrained(original_dir, dtype=torch.float32).eval()
     kw = {"new_tokens": config.speed_new_tokens}
@@ -96,7 +97,8 @@ def _quantized(context: dg.AssetExecutionContext, config: QuantizeConfig, export
                token_shards: ShardSet, settings: SettingsResource, method: str) -> dg.Output[QuantizedModel]:
     out_dir = settings.dir("models", exported_model.registered_name, f"v{exported_model.version}", method)
     info = quantize.quantize_model_dir(exported_model.path, out_dir, method=method)
-    result, table = _score(config, exported_model.path, quantize.load_quantized(out_dir), out_dir, token_shards,
+    result, table = _score(config, exported_model.path, quantize.load_quantized(out_dir), out_dir,
+                           local_shards(token_shards, settings),
                            method)
     context.log.info(f"{method} model x{result['size_ratio']:.2f} size, x{result['speedup']:.2f} tokens/s, "
                      f"perplexity {result['original_perplexity']:.2f} -> {result['perplexity']:.2f}")
@@ -132,7 +134,7 @@ def pruned_model(context: dg.AssetExecutionContext, config: PruneConfig, exporte
                            f"pruned-{config.method}-{config.sparsity:g}")
     info = prune.prune_model_dir(exported_model.path, out_dir, config.method, config.sparsity)
     result, table = _score(config, exported_model.path, AutoModelForCausalLM.from_pretrained(out_dir).eval(),
-                           out_dir, token_shards, f"pruned ({config.method})")
+                           out_dir, local_shards(token_shards, settings), f"pruned ({config.method})")
     context.log.info(f"{config.method} pruning at {config.sparsity:g}: weight sparsity {info['weight_sparsity']:.3f}, "
                      f"x{result['speedup']:.2f} tokens/s, perplexity {result['original_perplexity']:.2f} -> "
                      f"{result['perplexity']:.2f}")
@@ -152,7 +154,7 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillConfig, ex
     """A smaller student trained on the exported model's soft targets (DeepSpeed under torchrun), vs the teacher."""
     from transformers import AutoModelForCausalLM
 
-    from llm_assets.training.assets import _train
+    from llm_assets.training.assets import run_training
 
     student = distill.student_spec(exported_model.path, config.n_layer, config.n_embd, config.n_head,
                                    name=f"{exported_model.registered_name}-student")
@@ -164,7 +166,8 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillConfig, ex
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = launcher.RunConfig(
-        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=token_shards.path, tokenizer_dir=tokenizer.path,
+        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=local_shards(token_shards, settings),
+        tokenizer_dir=tokenizer.path,
         model=student, teacher_dir=exported_model.path, distill_temperature=config.temperature,
         distill_alpha=config.alpha, nproc=config.nproc, zero_stage=config.zero_stage,
         micro_batch_size=config.micro_batch_size, max_steps=config.max_steps, lr=config.lr,
@@ -184,12 +187,12 @@ def distilled_model(context: dg.AssetExecutionContext, config: DistillConfig, ex
         run_id = tracking_utils.start_or_resume_run(tracking, client, ckpt_dir, run_name, tags, context.log.info)
         run_cfg.mlflow_run_id = run_id
         tracking_utils.log_params(client, run_id, run_cfg.params())
-        train_result = _train(context, run_cfg, ckpt_dir, settings, tracking, client)
+        train_result = run_training(context, run_cfg, ckpt_dir, settings, tracking, client)
 
     out_dir = export.copy_model(train_result["model_dir"], settings.dir(
         "models", exported_model.registered_name, f"v{exported_model.version}") / "distilled")
     result, table = _score(config, exported_model.path, AutoModelForCausalLM.from_pretrained(out_dir).eval(),
-                           out_dir, token_shards, "distilled")
+                           out_dir, local_shards(token_shards, settings), "distilled")
     context.log.info(f"student {result['parameters']:,} vs teacher {result['original_parameters']:,} parameters, "
                      f"x{result['speedup']:.2f} tokens/s, perplexity {result['original_perplexity']:.2f} -> "
                      f"{result['perplexity']:.2f}")

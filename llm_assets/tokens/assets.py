@@ -1,7 +1,12 @@
 """Tokens stage: a byte-level BPE tokenizer trained on the curated corpus, and packed token shards."""
 
+import shutil
+import uuid
+from pathlib import Path
+
 import dagster as dg
 
+from llm_assets import storage
 from llm_assets.artifacts import CommittedTable, ShardSet, TokenizerArtifact
 from llm_assets.tokens import shards, tokenizer as bpe
 from resources.lakehouse import LakehouseResource
@@ -27,6 +32,30 @@ def corpus_for_run(context: dg.AssetExecutionContext, curated_corpus: CommittedT
     context.log.info(f"{DATA_REF_TAG}={ref}: using curated_corpus@{pinned['curated_corpus'].version} "
                      f"of data commit {commit}")
     return CommittedTable(table=pinned["curated_corpus"], commit_id=commit)
+
+
+def local_shards(token_shards: ShardSet, settings: SettingsResource) -> str:
+    """The shard directory to read here: the recorded one, else the object-storage copy fetched into the home.
+
+    A fetch lands whole or not at all (a fresh directory renamed into place), each shard checked against
+    the manifest's sha256 and the manifest against the one the asset recorded.
+    """
+    if (Path(token_shards.path) / shards.MANIFEST).exists() or not token_shards.remote:
+        return token_shards.path
+    local = settings.dir("shards") / Path(token_shards.path).name
+    if (local / shards.MANIFEST).exists():
+        return str(local)
+    tmp = local.with_name(f".fetch-{local.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        shards.fetch_shards(settings.object_store().filesystem(), storage.bucket_path(token_shards.remote), tmp)
+        actual = shards.file_sha256(tmp / shards.MANIFEST)
+        if actual != token_shards.manifest_sha256:
+            raise ValueError(f"token_shards at {token_shards.remote}: manifest sha256 {actual} differs from the "
+                             f"materialized one {token_shards.manifest_sha256} (the bucket copy was replaced)")
+        tmp.rename(local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(local)
 
 
 class TokenizerConfig(dg.Config):
@@ -128,10 +157,15 @@ def token_shards(context: dg.AssetExecutionContext, config: ShardConfig, curated
     table = "| split | documents | shards | sequences | tokens |\n|---|---|---|---|---|\n" + "".join(
         f"| {s} | {m['documents'][s]} | {len(m['splits'][s])} | {sum(e['sequences'] for e in m['splits'][s])} "
         f"| {tokens[s]} |\n" for s in shards.SPLITS)
+    remote = settings.remote("shards", result.path.name) or ""
+    if remote:  # readers elsewhere fetch them from there (local_shards)
+        uploaded = shards.publish_shards(result.path, settings.object_store().filesystem(), storage.bucket_path(remote))
+        context.log.info(f"published {len(uploaded)} shard files to {remote}")
     artifact = ShardSet(path=str(result.path), manifest_sha256=result.manifest_sha256,
-                        data_commit=curated_corpus.commit_id, seq_len=config.seq_len)
+                        data_commit=curated_corpus.commit_id, seq_len=config.seq_len, remote=remote)
     return dg.Output(artifact, metadata={
         "manifest": dg.MetadataValue.path(str(result.path / shards.MANIFEST)),
+        **({"remote": remote} if remote else {}),
         "manifest_sha256": result.manifest_sha256,
         "train_tokens": tokens["train"],
         "validation_tokens": tokens["validation"],

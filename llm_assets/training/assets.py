@@ -1,5 +1,6 @@
 """Training stage: the model catalog, the chosen base model, a DeepSpeed run, and the exported model."""
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from llm_assets import storage
 from llm_assets.artifacts import BaseModelChoice, ExportedModel, ShardSet, TokenizerArtifact, TrainedCheckpoint
-from llm_assets.training import catalog, export, launcher, tracking_utils
+from llm_assets.tokens.assets import local_shards
+from llm_assets.training import catalog, checkpoint_sync, checkpoints, export, launcher, tracking_utils
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
 from resources.training import TrainingNodesResource
@@ -120,17 +123,37 @@ def _run_name(base: BaseModelChoice, shards: ShardSet, config: TrainingConfig) -
     return f"{base.name}-{shards.manifest_sha256[:8]}-{digest[:8]}"
 
 
-def _train(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig, ckpt_dir: Path,
-           settings: SettingsResource, tracking: TrackingResource, client) -> dict:
-    """Launch torchrun on run.json, stream its log, and close the MLflow run as FINISHED or FAILED."""
+def _fetch_remote_checkpoint(context: dg.AssetExecutionContext, settings: SettingsResource, remote: str,
+                             ckpt_dir: Path) -> None:
+    """With no sound checkpoint here (a new machine), bring back the newest sound one from object storage."""
+    if checkpoints.newest_valid(ckpt_dir)[0] is not None:
+        return
+    tag, skipped = checkpoint_sync.fetch_newest(settings.object_store().filesystem(), storage.bucket_path(remote),
+                                                ckpt_dir)
+    for why in skipped:
+        context.log.warning(f"skipping remote checkpoint: {why}")
+    if tag is not None:
+        context.log.info(f"fetched checkpoint {tag} from {remote}: the run resumes from it")
+
+
+def run_training(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig, ckpt_dir: Path,
+                 settings: SettingsResource, tracking: TrackingResource, client, publish_to: str | None = None) -> dict:
+    """Launch torchrun on run.json, stream its log, and close the MLflow run as FINISHED or FAILED.
+
+    With `publish_to` (an s3:// directory), each checkpoint is published there as soon as it is sealed.
+    """
     config_path = run_cfg.write(ckpt_dir / "run.json")
     env = launcher.training_env(
         torch_extensions_dir=settings.cache("torch_extensions"), tmp_dir=settings.dir("tmp", "training"),
         cache_dir=settings.cache("xdg"), tracking_uri=tracking.tracking_uri)
     cmd = launcher.command_for(run_cfg, config_path)
     context.log.info(f"launching {' '.join(cmd)}")
+    publisher = (checkpoint_sync.Publisher(ckpt_dir, settings.object_store().filesystem(),
+                                           storage.bucket_path(publish_to), context.log.info)
+                 if publish_to else contextlib.nullcontext())
     try:
-        launcher.run(cmd, env, on_line=context.log.info)
+        with publisher:
+            launcher.run(cmd, env, on_line=context.log.info)
     except BaseException:
         client.set_terminated(run_cfg.mlflow_run_id, "FAILED")
         raise
@@ -154,7 +177,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     model = {k: base_model.spec[k] for k in ("name", "model_type", "config", "local_path") if k in base_model.spec}
     run_cfg = launcher.RunConfig(
-        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=token_shards.path,
+        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=local_shards(token_shards, settings),
         tokenizer_dir=tokenizer.path, model=model, mlflow_tracking_uri=tracking.tracking_uri,
         nnodes=training_nodes.nnodes, node_rank=training_nodes.node_rank, rdzv_endpoint=training_nodes.rdzv_endpoint,
         **config.model_dump(exclude={"resume"}))
@@ -162,6 +185,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
 
     client = tracking.client()
     git = tracking_utils.git_state(launcher.REPO_ROOT)
+    remote = settings.remote("checkpoints", run_name)  # None without an object-storage home
     finished = tracking_utils.finished_run(client, ckpt_dir, config.max_steps) if config.resume else None
     if finished is not None:
         run_id, result = finished
@@ -172,10 +196,14 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
                 "data_commit": token_shards.data_commit, "shards_manifest_sha256": token_shards.manifest_sha256,
                 "tokenizer_sha256": tokenizer.sha256, "dagster_run_id": context.run_id,
                 "base_model": base_model.name}
+        if remote and config.resume:
+            _fetch_remote_checkpoint(context, settings, remote, ckpt_dir)
         run_id = tracking_utils.start_or_resume_run(tracking, client, ckpt_dir, run_name, tags, context.log.info)
         run_cfg.mlflow_run_id = run_id
         tracking_utils.log_params(client, run_id, run_cfg.params())
-        result = _train(context, run_cfg, ckpt_dir, settings, tracking, client)
+        # node 0 holds global rank 0, which seals the checkpoints
+        result = run_training(context, run_cfg, ckpt_dir, settings, tracking, client,
+                            remote if training_nodes.node_rank == 0 else None)
 
     plot = tracking_utils.loss_plot(client, run_id, settings.path("reports", f"{run_name}-loss.png"))
     metadata = {
@@ -189,6 +217,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         "mlflow_run_id": run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.run_url(run_id)),
         "checkpoint_dir": dg.MetadataValue.path(str(ckpt_dir)),
+        **({"checkpoints_remote": remote} if remote else {}),
         "git_commit": client.get_run(run_id).data.tags.get("git_commit", git["commit"]),
         "data_commit": token_shards.data_commit,
     }

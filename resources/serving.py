@@ -81,6 +81,10 @@ class ServingResource(dg.ConfigurableResource):
     admin_key: str = ""
     replicas: int = 1
     """Model-server replicas per version."""
+    backend_threads: int = 1
+    """torch/OpenMP threads per CPU model server (OMP_NUM_THREADS); 0: torch's default, one per core. On CPU,
+    scale with replicas: on 2 busy cores a tiny model's request took ~8 ms of CPU with 1 thread and ~73 ms
+    with the default, spinning threads fighting each other (measured with benchmarks/gateway_overhead.py)."""
     health_interval: float = 2.0
     """Seconds between the gateway's health checks of each replica."""
     startup_timeout: float = 300.0
@@ -125,7 +129,8 @@ class ServingResource(dg.ConfigurableResource):
                 "--health-interval", str(self.health_interval), "--host", self.host, "--port", str(port)]
 
     def _env(self) -> dict[str, str]:
-        return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+        threads = {"OMP_NUM_THREADS": str(self.backend_threads)} if self.backend_threads > 0 else {}
+        return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": _pythonpath(), **threads}
 
     def _admin_key(self) -> str:
         if self.admin_key:
@@ -301,8 +306,7 @@ class ServingResource(dg.ConfigurableResource):
         (run / "tmp").mkdir(parents=True, exist_ok=True)
         port = processes.free_port("127.0.0.1")
         url, model_id = f"http://127.0.0.1:{port}", str(Path(model_dir).resolve())
-        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TMPDIR": str(run / "tmp"),
-               "PYTHONPATH": _pythonpath()}
+        env = {**self._env(), "TMPDIR": str(run / "tmp")}
         try:
             backend = processes.start(BACKEND, self.backend_command(model_dir, port), run, env=env, cwd=run)
             processes.wait_healthy(f"{url}/health", self.startup_timeout, backend)

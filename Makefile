@@ -6,7 +6,7 @@ export LLMOPS_HOME ?= $(CURDIR)/.llmops
 export DAGSTER_HOME ?= $(LLMOPS_HOME)/dagster
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test ui down mlflow-ui browser postgres clean
+.PHONY: install demo loop-demo test ui down mlflow-ui browser postgres clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 demo: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m llm_assets.demo
+
+# After `make demo`: drift -> retrain -> canary verdict, driven by a real dagster-daemon (see llm_assets/loop_demo.py).
+loop-demo: install
+	$(BIN)/python -m llm_assets.loop_demo
 
 test: install browser postgres
 	$(BIN)/python -m pytest

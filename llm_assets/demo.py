@@ -15,8 +15,12 @@ from deltalake import DeltaTable
 
 from resources.settings import home_from_env
 
+DEMO_CONFIG = {"endpoint": {"config": {"autoscale_max_replicas": 2}},
+               "red_team_report": {"config": {"garak_install": True}}}
+"""The demo's settings beyond the defaults: the endpoint scales itself between 1 and 2 replicas, and the red
+team installs garak into its own venv under the cache on first use (about 2 GB, a few minutes)."""
 TABLES = ["raw_documents", "cleaned_corpus", "deduped_corpus", "curated_corpus", "quarantine",
-          "endpoint_metrics"]
+          "served_requests", "endpoint_metric_windows", "prompt_registry"]
 
 
 def _value(event, key: str):
@@ -50,6 +54,7 @@ def summarize(instance: dg.DagsterInstance, home: Path) -> str:
         "",
         "Open the UI:     make ui      (http://127.0.0.1:3000, the whole lineage graph)",
         "MLflow:          make mlflow-ui",
+        "The loop:        make loop-demo  (drift -> retrain -> canary, with the Dagster daemon)",
         "Stop servers:    make down",
     ]
     return "\n".join(lines)
@@ -64,7 +69,8 @@ def main() -> int:
 
     instance = dg.DagsterInstance.get()
     start = time.monotonic()
-    result = defs.resolve_job_def("lifecycle").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("lifecycle").execute_in_process(instance=instance, raise_on_error=False,
+                                                                  run_config={"ops": DEMO_CONFIG})
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         print(f"llmops demo: the run failed at {failed}; see `make ui` → Runs, run {result.run_id}",

@@ -46,6 +46,19 @@ _DRIFT_NUMBERS = ("input_embedding_auc", "output_embedding_auc", "input_stats_dr
 _QUALITY_NUMBERS = ("toxicity_rate", "pii_leak_rate", "refusal_rate", "hallucination_rate", "negative_feedback_rate")
 
 
+def last_training_config(context: dg.SensorEvaluationContext, job_name: str) -> dict:
+    """The run config of the run that trained the current model, cut to `job_name`'s assets: a retrain trains,
+    evaluates and deploys the way the model it replaces was (empty when unknown)."""
+    records = context.instance.fetch_materializations(dg.AssetKey("trained_checkpoint"), limit=1).records
+    repository = context.repository_def
+    if not records or repository is None:
+        return {}
+    run = context.instance.get_run_by_id(records[0].run_id)
+    ops = (run.run_config or {}).get("ops", {}) if run else {}
+    nodes = set(repository.get_job(job_name).graph.node_dict)
+    return {"ops": {k: v for k, v in ops.items() if k in nodes}} if ops else {}
+
+
 def make_retrain_sensor(cooldown_s: float = 3600.0, minimum_interval_seconds: int = 30,
                         clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
     @dg.sensor(name="monitoring_retrain_sensor", job=retrain_job, minimum_interval_seconds=minimum_interval_seconds,
@@ -76,7 +89,8 @@ def make_retrain_sensor(cooldown_s: float = 3600.0, minimum_interval_seconds: in
         for asset, _, meta, _, _, numbers in triggers:
             tags.update({f"llmops/{k}": f"{float(meta[k]):.4f}" for k in numbers if k in meta})
         run_key = "retrain-" + "-".join(f"{t[0]}{t[1]}" for t in triggers)
-        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)],
+        config = last_training_config(context, retrain_job.name)
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags, run_config=config)],
                                cursor=json.dumps({**state, **{f[0]: f[1] for f in found},
                                                   "last_request_at": clock()}))
 

@@ -8,6 +8,7 @@ and a cool-down between requests.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import dagster as dg
@@ -89,4 +90,5 @@ def data_commit_sensor(context: dg.SensorEvaluationContext):
         "llmops/data_commit": commit})], cursor=commit)
 
 
-canary_sensor = make_canary_sensor()
+# LLMOPS_CANARY_INTERVAL_S: seconds between analyses of a live canary (the loop demo uses 20).
+canary_sensor = make_canary_sensor(interval_s=float(os.environ.get("LLMOPS_CANARY_INTERVAL_S", "300")))

@@ -24,6 +24,9 @@ class EndpointConfig(dg.Config):
     canary_weight: float = 0.1
     """Share of traffic for a new version while another version serves (a canary, judged later by
     canary_analysis); 1.0 replaces the served version at once."""
+    autoscale_max_replicas: int = 0
+    """> 0: on a full deployment, start the autoscaler (llm_assets/deployment/autoscaler.py) between the
+    serving resource's `replicas` and this many replicas per version."""
 
 
 @dg.asset(group_name="deployment", kinds={"fastapi"})
@@ -56,6 +59,10 @@ def endpoint(context: dg.AssetExecutionContext, config: EndpointConfig, exported
         raise
     if not canary:
         tracking.promote(exported_model.registered_name, version)
+        if config.autoscale_max_replicas > 0:
+            scaler = serving.start_autoscaler(serving.replicas, max(serving.replicas, config.autoscale_max_replicas))
+            context.log.info(f"autoscaler pid {scaler.pid}: {serving.replicas}-{config.autoscale_max_replicas} "
+                             f"replicas per version; decisions in {serving.run_dir}/logs/autoscaler.jsonl")
     role = "canary" if canary else "stable (promoted)"
     context.log.info(f"{name} v{version} serves at {deployment.url} as {role}; weights {deployment.weights}; "
                      f"smoke reply {reply!r}")

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
+
+
+def executor_from_env(env: dict[str, str] | None = None) -> dg.ExecutorDefinition | None:
+    """LLMOPS_EXECUTOR: `k8s` puts each step in its own Kubernetes pod (dagster-k8s's k8s_job_executor; give the
+    Spark and training steps their resources with `per_step_k8s_config` in the run config, see
+    infra/helm/dagster-values.yaml), `in_process` runs every step in the run's process; unset: Dagster's
+    default (a process per step)."""
+    choice = (os.environ if env is None else env).get("LLMOPS_EXECUTOR", "")
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if choice == "in_process":
+        return dg.in_process_executor
+    if choice:
+        raise ValueError(f"LLMOPS_EXECUTOR must be 'k8s', 'in_process' or unset, got {choice!r}")
+    return None
 
 lifecycle_job = dg.define_asset_job(
     "lifecycle", selection=dg.AssetSelection.all(),

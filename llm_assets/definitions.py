@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from jobs import all_jobs, all_schedules
+from jobs import all_jobs, all_schedules, executor_from_env
 from llm_assets.data import assets as data_assets
 from llm_assets.data import checks as data_checks
 from llm_assets.deployment import assets as deployment_assets
@@ -27,4 +27,5 @@ defs = dg.Definitions(
     schedules=all_schedules,
     sensors=all_sensors,
     resources=build_resources(),
+    executor=executor_from_env(),
 )

@@ -77,6 +77,7 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
             admin_key=env.get("LLMOPS_ADMIN_KEY", ""),
             replicas=int(env.get("LLMOPS_REPLICAS", "1")),
             backend_threads=int(env.get("LLMOPS_BACKEND_THREADS", "1")),
+            vllm_quantization=env.get("LLMOPS_VLLM_QUANTIZATION", ""),
         ),
         "training_nodes": TrainingNodesResource(
             nnodes=int(env.get("LLMOPS_TRAIN_NNODES", "1")),

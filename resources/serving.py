@@ -81,6 +81,9 @@ class ServingResource(dg.ConfigurableResource):
     admin_key: str = ""
     replicas: int = 1
     """Model-server replicas per version."""
+    vllm_quantization: str = ""
+    """vLLM backend: `--quantization` (e.g. `fp8`, quantized on load with no calibration; `awq`/`gptq` for
+    checkpoints made so); empty: the model's own precision."""
     backend_threads: int = 1
     """torch/OpenMP threads per CPU model server (OMP_NUM_THREADS); 0: torch's default, one per core. On CPU,
     scale with replicas: on 2 busy cores a tiny model's request took ~8 ms of CPU with 1 thread and ~73 ms
@@ -108,8 +111,9 @@ class ServingResource(dg.ConfigurableResource):
             if self.cb_max_batch_tokens:
                 cmd += ["--cb-max-batch-tokens", str(self.cb_max_batch_tokens)]
             return cmd
-        if self.backend == "vllm":  # GPU machines only; not exercised by the CPU tests
-            return [_executable("vllm"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port)]
+        if self.backend == "vllm":  # GPU machines only; not run by the CPU tests
+            quantization = ["--quantization", self.vllm_quantization] if self.vllm_quantization else []
+            return [_executable("vllm"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), *quantization]
         raise ValueError(f"ServingResource.backend must be 'transformers' or 'vllm', got {self.backend!r}")
 
     def gateway_command(self, backend_url: str, model_name: str, backend_model: str, model_version: str,

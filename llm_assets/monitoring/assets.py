@@ -73,6 +73,14 @@ def _numbers(d: dict, keys) -> dict:
     return {k: dg.MetadataValue.float(float(d[k])) for k in keys if k in d}
 
 
+def _gpu_numbers(replicas: list[dict]) -> dict[str, float]:
+    """GPU memory held by `replicas` and the mean utilization of their GPUs; NaN where none reports a GPU."""
+    util = [r["gpu_util_percent"] for r in replicas if r["gpu_util_percent"] == r["gpu_util_percent"]]
+    memory = [r["gpu_memory_mb"] for r in replicas if r["gpu_memory_mb"] == r["gpu_memory_mb"]]
+    return {"gpu_util_percent": float(sum(util) / len(util)) if util else float("nan"),
+            "gpu_memory_mb": float(sum(memory)) if memory else float("nan")}
+
+
 _WINDOW_NUMBERS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms",
                    "tokens_per_s", "decode_tokens_per_s_p50", "error_rate", "request_rate_per_s")
 
@@ -83,8 +91,9 @@ _WINDOW_NUMBERS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p
                                                      "answers; a dead gateway with a silent log fails.")])
 def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsConfig, serving: ServingResource,
                      spark: SparkResource, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Request rate, latency p50/p95/p99, TTFT, tokens/s, errors, queue depth and replica CPU/memory per model
-    and prompt version, from the gateway's request log since the last run; rows in Delta."""
+    """Request rate, latency p50/p95/p99, TTFT, tokens/s, errors, queue depth and replica CPU/memory (GPU
+    utilization and memory via NVML where there is a GPU) per model and prompt version, from the gateway's
+    request log since the last run; rows in Delta."""
     run_dir = Path(serving.run_dir)
     request_log = config.request_log or str(run_dir / "logs" / "requests.jsonl")
     feedback_log = config.feedback_log or str(run_dir / "logs" / "feedback.jsonl")
@@ -111,6 +120,8 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
 
     scrape, scrape_error = performance.scrape_gateway(url, serving.headers())
     replicas = performance.replica_resources(run_dir)
+    gpu_status = ("; ".join(sorted({r["gpu"] for r in replicas})) if replicas
+                  else performance.gpu_snapshot()["status"])
     new_requests, new_feedback = len(fresh), len(fresh_feedback)
     window = pd.DataFrame(fresh, columns=list(REQUEST_FIELDS) + ["context"])
     if not window.empty:
@@ -123,6 +134,7 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
         mine = [r for r in replicas if v == performance.ALL or r["model_version"] == v]
         g["replica_cpu_percent"] = float(sum(r["cpu_percent"] for r in mine if r["running"]))
         g["replica_rss_mb"] = float(sum(r["rss_mb"] for r in mine if r["running"]))
+        g.update(_gpu_numbers([r for r in mine if r["running"]]))
         g["batch_id"] = batch_id
     if groups:
         tables.append_frame(session, lakehouse, METRICS_TABLE, pd.DataFrame(groups),
@@ -137,7 +149,8 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
         context.log_event(dg.AssetObservation(
             asset_key="endpoint_metrics", description=f"{g['model']} v{g['model_version']} prompt {g['prompt_version']}",
             metadata={"model": g["model"], "model_version": g["model_version"], "prompt_version": g["prompt_version"],
-                      "requests": g["requests"], **_numbers(g, _WINDOW_NUMBERS + ("queue_depth",))}))
+                      "requests": g["requests"],
+                      **_numbers(g, _WINDOW_NUMBERS + ("queue_depth", "gpu_util_percent", "gpu_memory_mb"))}))
     overall = groups[-1] if groups else {}
     top_version = (window["model_version"].value_counts().idxmax() if not window.empty else "")
     feedback_total = len(tables.read(lakehouse.root, tables.FEEDBACK, ["request_id"]))
@@ -160,9 +173,13 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
             "replicas_up": dg.MetadataValue.int(scrape["replicas_up"] if scrape else 0),
             "replicas_down": dg.MetadataValue.int(scrape["replicas_down"] if scrape else 0),
             "replica_processes": dg.MetadataValue.md("\n".join(
-                ["| process | pid | version | running | CPU % | RSS MB |", "|---|---|---|---|---|---|"] +
+                ["| process | pid | version | running | CPU % | RSS MB | GPU % | GPU MB | GPU |",
+                 "|---|---|---|---|---|---|---|---|---|"] +
                 [f"| {r['name']} | {r.get('pid', '-')} | {r['model_version'] or '-'} | {r['running']} | "
-                 f"{r['cpu_percent']:.1f} | {r['rss_mb']:.0f} |" for r in replicas])),
+                 f"{r['cpu_percent']:.1f} | {r['rss_mb']:.0f} | {r['gpu_util_percent']:.0f} | "
+                 f"{r['gpu_memory_mb']:.0f} | {r['gpu']} |" for r in replicas])),
+            "gpu": gpu_status,
+            **{k: dg.MetadataValue.float(v) for k, v in _gpu_numbers([r for r in replicas if r["running"]]).items()},
             "by_version": dg.MetadataValue.md(table_md),
             "feedback_new": dg.MetadataValue.int(new_feedback),
             "feedback_total": dg.MetadataValue.int(feedback_total),
@@ -357,6 +374,15 @@ class HealthConfig(dg.Config):
     """Empty: the recorded deployment's URL, else 127.0.0.1 on the serving resource's gateway port."""
     probe_vector_query: bool = True
     """Time one embedded query against the vector DB (loads the MiniLM embedder)."""
+    probe_recall: bool = True
+    """Measure recall@k and MRR on the fixed probe set (<home>/monitoring/vector_db_probes.json)."""
+    probe_set_size: int = 50
+    """Probes drawn when the probe set is made (the first time, or on `rebuild_probe_set`)."""
+    rebuild_probe_set: bool = False
+    """Draw the probe set anew from the current index; otherwise the stored one is reused unchanged."""
+    recall_k: int = 5
+    min_recall: float = 0.6
+    """recall@k on the probe set below this marks the vector DB unhealthy (the re-index sensor acts on it)."""
     timeout_s: float = 3.0
 
 
@@ -372,18 +398,24 @@ _HEALTH_KINDS = ("gateway", "replica", "vector_db", "mlflow", "lakehouse")
 def infra_health(context: dg.AssetExecutionContext, config: HealthConfig, settings: SettingsResource,
                  serving: ServingResource, tracking: TrackingResource, versioning: VersioningResource,
                  spark: SparkResource, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Health of the gateway, each replica and serving process, the vector DB (freshness, rows, query latency),
-    MLflow and the lakehouse; one row per component in Delta."""
+    """Health of the gateway, each replica and serving process, the vector DB (freshness, rows, query latency,
+    recall on a fixed probe set), MLflow and the lakehouse; one row per component in Delta."""
     from llm_assets.evaluation import rag
 
     current = serving.current()
     url = config.gateway_url or (current.url if current else f"http://127.0.0.1:{serving.gateway_port}")
+    probe_path = settings.dir("monitoring") / "vector_db_probes.json"
+
+    def recall(table) -> dict:
+        probes = health.probe_set(probe_path, table, config.probe_set_size, rebuild=config.rebuild_probe_set)
+        return health.probe_recall(table, probes, config.recall_k)
+
     rows = [health.http_health("gateway", "gateway", url, config.timeout_s),
             *health.replica_health(Path(serving.run_dir) / "routes.json", config.timeout_s),
             *health.process_health(serving.run_dir),
             health.vector_db_health(settings.dir("vector"), rag.TABLE, versioning.head(),
                                     (lambda t: rag.probe_latency(t, "health probe")) if config.probe_vector_query
-                                    else None),
+                                    else None, recall if config.probe_recall else None, config.min_recall),
             health.mlflow_health(tracking.tracking_uri, config.timeout_s),
             health.lakehouse_health(lakehouse.root, [tables.REQUESTS, tables.FEEDBACK, METRICS_TABLE])]
     frame = pd.DataFrame(rows).assign(checked_at=datetime.now(timezone.utc))
@@ -398,6 +430,7 @@ def infra_health(context: dg.AssetExecutionContext, config: HealthConfig, settin
             check_name=f"{kind}_healthy", passed=bool(mine) and not bad,
             metadata={"components": len(mine), "unhealthy": "; ".join(f"{r['component']}: {r['detail']}" for r in bad)
                       or ("-" if mine else f"no {kind} found")}))
+    vector_numbers = json.loads(next(r["numbers"] for r in rows if r["kind"] == "vector_db"))
     md = "\n".join(["| component | healthy | latency ms | detail |", "|---|---|---|---|"] + [
         f"| {r['component']} | {'yes' if r['healthy'] else '**NO**'} | "
         f"{_ms(r['latency_ms'])} | {r['detail']} |" for r in rows])
@@ -407,8 +440,10 @@ def infra_health(context: dg.AssetExecutionContext, config: HealthConfig, settin
                   "unhealthy_components": [r["component"] for r in rows if not r["healthy"]],
                   "vector_db_healthy": all(r["healthy"] for r in rows if r["kind"] == "vector_db"),
                   "vector_db_detail": next(r["detail"] for r in rows if r["kind"] == "vector_db"),
-                  "vector_db": dg.MetadataValue.json(json.loads(next(r["numbers"] for r in rows
-                                                                     if r["kind"] == "vector_db"))),
+                  "vector_db": dg.MetadataValue.json(vector_numbers),
+                  **{f"vector_db_{k}": dg.MetadataValue.float(float(vector_numbers[k]))
+                     for k in ("recall", "mrr") if k in vector_numbers},
+                  **({"vector_db_probe_set": dg.MetadataValue.path(str(probe_path))} if probe_path.exists() else {}),
                   "health": dg.MetadataValue.md(md)},
         check_results=results,
     )
@@ -442,12 +477,18 @@ def feedback_dataset(context: dg.AssetExecutionContext, spark: SparkResource,
           deps=["endpoint_metrics", "endpoint_cost", "output_quality", "drift_report"])
 def monitoring_report(context: dg.AssetExecutionContext, settings: SettingsResource,
                       lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """PNG plots of latency, tokens/s, cost, quality and drift over time, for people without Grafana."""
+    """PNG plots of latency, tokens/s, cost, quality and drift over time, for people without Grafana, and the
+    prompt A/B results: requests, errors, latency, tokens/s, positive feedback and toxicity per prompt version."""
     out_dir = settings.dir("reports", "monitoring", time.strftime("report-%Y%m%dT%H%M%S"))
+    ab = report.prompt_ab(tables.read(lakehouse.root, tables.REQUESTS), tables.read(lakehouse.root, tables.FEEDBACK),
+                          tables.read(lakehouse.root, SCORES_TABLE, ["request_id", "toxic"]))
     plots = report.build(tables.read(lakehouse.root, METRICS_TABLE), tables.read(lakehouse.root, COST_TABLE),
                          tables.read(lakehouse.root, QUALITY_HISTORY), tables.read(lakehouse.root, DRIFT_HISTORY),
-                         out_dir)
-    context.log.info(f"{len(plots)} plots in {out_dir}")
+                         out_dir, ab)
+    context.log.info(f"{len(plots)} plots in {out_dir}; {len(ab)} prompt versions compared")
     return dg.MaterializeResult(metadata={
         "plots": dg.MetadataValue.int(len(plots)), "dir": dg.MetadataValue.path(str(out_dir)),
-        **{name: dg.MetadataValue.md(image_markdown(path, name)) for name, path in plots.items()}})
+        **{name: dg.MetadataValue.md(image_markdown(path, name)) for name, path in plots.items()},
+        "prompt_versions": dg.MetadataValue.int(len(ab)),
+        "prompt_ab": dg.MetadataValue.md(report.ab_markdown(ab) if not ab.empty else "no requests"),
+        "prompt_ab_numbers": dg.MetadataValue.json(json.loads(ab.to_json(orient="records")))})

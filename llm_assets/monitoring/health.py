@@ -2,14 +2,21 @@
 
 Every check returns a row (component, kind, healthy, detail, latency_ms, numbers) and never raises for
 the component being down: an unreachable vector DB is a red row, not a crash.
+
+The vector DB's recall is measured on a fixed probe set: (query, expected passage) pairs drawn once from
+the index by `rag.make_questions` (seeded hash of the passage id; the query is a passage sentence with one
+word masked), stored as JSON with the data commit they came from, and reused unchanged on later runs, so
+recall over time compares like with like. A probe passage gone from the index is a miss.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -61,10 +68,61 @@ def process_health(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def probe_set(path: str | Path, table, size: int = 50, seed: int = 0, rebuild: bool = False) -> dict:
+    """The fixed recall probe set stored at `path`: made from `table`'s passages (with the data commit in its
+    schema metadata) when the file does not exist or `rebuild` is set, else read back unchanged."""
+    from llm_assets.evaluation import rag
+
+    path = Path(path)
+    if path.exists() and not rebuild:
+        try:
+            probes = json.loads(path.read_text())
+            if not probes["probes"]:
+                raise ValueError("no probes")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"probe set {path} is unreadable ({type(e).__name__}: {e}); "
+                             "rebuild it (rebuild_probe_set)") from e
+        return probes
+    questions = rag.make_questions(rag.read_passages(table), size, seed)
+    if not questions:
+        raise ValueError(f"no passage in the index has a {rag.QUESTION_WORDS[0]}-{rag.QUESTION_WORDS[1]}-word "
+                         "sentence to make a recall probe from")
+    probes = {"data_commit": (table.schema.metadata or {}).get(b"data_commit", b"").decode(),
+              "made_at": datetime.now(timezone.utc).isoformat(), "seed": seed,
+              "probes": [{"query": q.question, "passage_id": q.passage_id, "passage_hash": q.passage_hash}
+                         for q in questions]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(probes, indent=1))
+    os.replace(tmp, path)
+    return probes
+
+
+def probe_recall(table, probes: dict, k: int = 5) -> dict:
+    """recall@1, recall@k and MRR@k of the probe set searched in `table`. A hit is the expected passage or one
+    with its exact text (a duplicate document); a probe whose passage id is gone from the index is a miss."""
+    from llm_assets.evaluation import rag
+
+    items = probes["probes"]
+    indexed = set(table.to_arrow().column("id").to_pylist())
+    hits = rag.search(table, rag.embed([p["query"] for p in items]), k)
+    ranks = [next((i + 1 for i, h in enumerate(hit) if h["id"] == p["passage_id"]
+                   or h["text_hash"] == p["passage_hash"]), None) if p["passage_id"] in indexed else None
+             for p, hit in zip(items, hits)]
+    ks = sorted({1, k})
+    metrics = rag.retrieval_metrics(ranks, ks, len(indexed))
+    return {"recall_k": k, "recall": metrics[f"recall_at_{k}"]["value"],
+            **{f"recall_at_{j}": metrics[f"recall_at_{j}"]["value"] for j in ks}, "mrr": metrics["mrr"]["value"],
+            "probes": len(items), "probes_missing": sum(p["passage_id"] not in indexed for p in items),
+            "probe_set_commit": probes.get("data_commit", "")}
+
+
 def vector_db_health(uri: str | Path, table: str, latest_data_commit: str | None,
-                     probe: Callable[[object], dict] | None = None) -> dict:
+                     probe: Callable[[object], dict] | None = None,
+                     recall: Callable[[object], dict] | None = None, min_recall: float = 0.0) -> dict:
     """The LanceDB index: opens, has rows, was built from the latest data commit; `probe(table)` (e.g.
-    `rag.probe_latency`) measures a query."""
+    `rag.probe_latency`) measures a query; `recall(table)` (e.g. `probe_recall` on the fixed probe set) gives
+    {"recall", "recall_k", ...}, and a recall below `min_recall` (or a probe that fails) is unhealthy."""
     import lancedb
 
     start = time.perf_counter()
@@ -86,10 +144,23 @@ def vector_db_health(uri: str | Path, table: str, latest_data_commit: str | None
     fresh = latest_data_commit is None or built_from == latest_data_commit
     if not fresh:
         problems.append(f"stale: built from data commit {built_from or '?'}, latest is {latest_data_commit}")
-    detail = "; ".join(problems) or f"{rows} rows from data commit {built_from}"
+    measured = {}
+    if recall and rows:
+        try:
+            measured = recall(t)
+        except Exception as e:  # noqa: BLE001 - a probe set that cannot be made or read is a finding too
+            problems.append(f"recall probe failed: {type(e).__name__}: {e}")
+        else:
+            if measured["recall"] < min_recall:
+                problems.append(f"recall@{measured['recall_k']} {measured['recall']:.3f} on {measured['probes']} "
+                                f"fixed probes is below {min_recall} ({measured['probes_missing']} probe "
+                                "passages gone from the index)")
+    detail = "; ".join(problems) or f"{rows} rows from data commit {built_from}" + (
+        f", recall@{measured['recall_k']} {measured['recall']:.3f}" if measured else "")
     return row("vector_db", "vector_db", not problems, detail, ms, rows=rows, data_commit=built_from,
                latest_data_commit=latest_data_commit, fresh=fresh,
-               **{k: v for k, v in query.items() if k in ("embed_ms", "search_ms")})
+               **{k: v for k, v in query.items() if k in ("embed_ms", "search_ms")},
+               **measured, **({"min_recall": min_recall} if recall else {}))
 
 
 def mlflow_health(tracking_uri: str, timeout: float = 3.0) -> dict:

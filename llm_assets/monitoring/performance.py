@@ -3,7 +3,9 @@
 `window_metrics` turns a window of request-log rows into one row per (model, model version, prompt
 version) plus an `all` row: request rate, latency and time-to-first-token percentiles, tokens/s and
 error rate. `scrape_gateway` adds queue depth and replica liveness from `/metrics`; `replica_resources`
-adds CPU and memory of each replica process found by its pid file (`<run_dir>/*.pid`).
+adds CPU and memory of each replica process found by its pid file (`<run_dir>/*.pid`), and where NVML
+answers (nvidia-ml-py, the `gpu` extra) the GPU memory its processes hold and the utilization of the GPUs
+they run on; without NVML or a GPU the `gpu` field says why and the GPU numbers are NaN.
 """
 
 from __future__ import annotations
@@ -116,9 +118,54 @@ def replica_versions(routes_path: str | Path) -> dict[int, str]:
     return out
 
 
-def replica_resources(run_dir: str | Path, sample_s: float = 0.2) -> list[dict]:
-    """CPU % and resident memory of each process with a pid file in `run_dir` (its children included),
-    with the model version its port serves (from `<run_dir>/routes.json`)."""
+def gpu_snapshot(nvml=None) -> dict:
+    """Utilization % of each GPU and the GPU memory (MB) each process holds on it, from NVML:
+    {"status": "ok", "devices": {index: util %}, "processes": {pid: [(index, MB), ...]}}, or
+    {"status": "unavailable: <reason>"}. `nvml` stands in for the `pynvml` module (default: import it)."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return {"status": "unavailable: nvidia-ml-py is not installed (the gpu extra)"}
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as e:
+        return {"status": f"unavailable: NVML did not start: {e}"}
+    try:
+        count = nvml.nvmlDeviceGetCount()
+        if count == 0:
+            return {"status": "unavailable: NVML sees no GPU"}
+        devices, processes = {}, {}
+        for i in range(count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            devices[i] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used = p.usedGpuMemory  # None where the driver does not report it (e.g. in a container)
+                processes.setdefault(int(p.pid), []).append((i, float("nan") if used is None else used / 2**20))
+        return {"status": "ok", "devices": devices, "processes": processes}
+    except nvml.NVMLError as e:
+        return {"status": f"unavailable: NVML query failed: {e}"}
+    finally:
+        nvml.nvmlShutdown()
+
+
+def gpu_usage(pids: list[int], snapshot: dict) -> dict:
+    """The `gpu` status, GPU memory (MB) held by `pids`, and the mean utilization of the GPUs they use."""
+    if snapshot["status"] != "ok":
+        return {"gpu": snapshot["status"], "gpu_util_percent": float("nan"), "gpu_memory_mb": float("nan")}
+    held = [(i, mb) for pid in pids for i, mb in snapshot["processes"].get(pid, [])]
+    if not held:
+        return {"gpu": "no process on a GPU", "gpu_util_percent": float("nan"), "gpu_memory_mb": 0.0}
+    used = sorted({i for i, _ in held})
+    return {"gpu": "GPU " + ",".join(map(str, used)),
+            "gpu_util_percent": float(np.mean([snapshot["devices"][i] for i in used])),
+            "gpu_memory_mb": float(sum(mb for _, mb in held))}
+
+
+def replica_resources(run_dir: str | Path, sample_s: float = 0.2, nvml=None) -> list[dict]:
+    """CPU %, resident memory, and GPU memory and utilization (`gpu_usage`) of each process with a pid file in
+    `run_dir` (its children included), with the model version its port serves (from `<run_dir>/routes.json`).
+    `nvml` stands in for the `pynvml` module (see `gpu_snapshot`)."""
     versions = replica_versions(Path(run_dir) / "routes.json")
     procs = {}
     for pid_file in sorted(Path(run_dir).glob("*.pid")):
@@ -136,11 +183,13 @@ def replica_resources(run_dir: str | Path, sample_s: float = 0.2) -> list[dict]:
             except psutil.Error:
                 pass
     time.sleep(sample_s)
+    gpus = gpu_snapshot(nvml)
     out = []
     for name, rec in procs.items():
         port = _port(rec["command"])
         row = {"name": name, "port": port, "model_version": versions.get(port, ""), "running": False,
-               "cpu_percent": float("nan"), "rss_mb": float("nan"), "error": rec.get("error", "")}
+               "cpu_percent": float("nan"), "rss_mb": float("nan"), **gpu_usage([], gpus),
+               "error": rec.get("error", "")}
         if "tree" in rec:
             cpu = rss = 0.0
             alive = []
@@ -151,7 +200,8 @@ def replica_resources(run_dir: str | Path, sample_s: float = 0.2) -> list[dict]:
                     alive.append(p.status() != psutil.STATUS_ZOMBIE)
                 except psutil.Error:
                     alive.append(False)
-            row.update(pid=rec["pid"], running=bool(alive and alive[0]), cpu_percent=cpu, rss_mb=rss)
+            row.update(pid=rec["pid"], running=bool(alive and alive[0]), cpu_percent=cpu, rss_mb=rss,
+                       **gpu_usage([p.pid for p in rec["tree"]], gpus))
             if not row["running"]:
                 row["error"] = f"pid {rec['pid']} is not running"
         out.append(row)

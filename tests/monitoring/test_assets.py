@@ -2,6 +2,7 @@
 in the gateway contract's format, and the monitoring sensors acting on what they recorded."""
 
 import json
+import math
 
 import dagster as dg
 import pytest
@@ -9,6 +10,7 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from llm_assets.deployment.processes import free_port
+from llm_assets.monitoring import performance
 from llm_assets.monitoring.assets import (
     drift_report, endpoint_cost, endpoint_metrics, feedback_dataset, infra_health, monitoring_report, output_quality,
 )
@@ -51,6 +53,8 @@ def test_endpoint_metrics_reads_only_new_rows_and_alerts_when_blind(home, llmops
         assert meta["requests"].value == 7 and meta["error_rate"].value == pytest.approx(1 / 7)
         assert meta["latency_p50_ms"].value == pytest.approx(102.5) and meta["queue_depth"].value == 2.0
         assert meta["quarantined_lines"].value == 1 and meta["feedback_total"].value == 1
+        # no replica pid files under this home: no GPU numbers, and the gpu field says why (NVML's status)
+        assert meta["gpu"].value == performance.gpu_snapshot()["status"] and math.isnan(meta["gpu_memory_mb"].value)
         assert check(first, "metrics_arriving").passed
         observed = instance.fetch_observations(dg.AssetKey("endpoint_metrics"), limit=10).records
         assert {r.asset_observation.metadata["model_version"].value for r in observed} == {"3", "4"}
@@ -62,6 +66,7 @@ def test_endpoint_metrics_reads_only_new_rows_and_alerts_when_blind(home, llmops
         assert stored.num_rows == 10 and len(set(stored.column("request_id").to_pylist())) == 10
         windows = DeltaTable(str(home / "lakehouse" / "endpoint_metric_windows")).to_pyarrow_table().to_pylist()
         assert {(w["model_version"], w["requests"]) for w in windows} >= {("3", 6), ("4", 1), ("all", 7), ("3", 3)}
+        assert all(w[k] is None or math.isnan(w[k]) for w in windows for k in ("gpu_util_percent", "gpu_memory_mb"))
         quarantined = DeltaTable(str(home / "lakehouse" / "served_quarantine")).to_pyarrow_table().to_pylist()
         assert quarantined[0]["reason"].startswith("invalid JSON")
 
@@ -98,11 +103,17 @@ def test_downstream_assets_and_sensors_on_their_materializations(home, llmops_re
         assert meta["output_quality"]["sampled"].value == 24 and meta["output_quality"]["with_context"].value == 12
         assert meta["drift_report"]["drifted"].value and meta["drift_report"]["input_embedding_auc"].value > 0.75
         assert meta["feedback_dataset"]["examples"].value == 2
-        assert meta["monitoring_report"]["plots"].value >= 4
+        assert meta["monitoring_report"]["plots"].value >= 4 and "prompt_ab_plot" in meta["monitoring_report"]
+        (ab,) = meta["monitoring_report"]["prompt_ab_numbers"].value  # every request used prompt p1
+        assert (ab["prompt_version"], ab["requests"], ab["feedback"], ab["scored"]) == ("p1", 24, 3, 24)
+        assert ab["positive_feedback_rate"] == pytest.approx(2 / 3) and ab["error_rate"] == 0.0
+        assert "| assistant | p1 | 24 | 0.0% |" in meta["monitoring_report"]["prompt_ab"].value
         queue = DeltaTable(str(home / "lakehouse" / "review_queue")).to_pyarrow_table()
         assert queue.num_rows == 24
         # no LanceDB index under this home: RAG health is red, and nothing crashed
         assert not check(result, "vector_db_healthy").passed and check(result, "lakehouse_healthy").passed
+        health_meta = result.asset_materializations_for_node("infra_health")[0].metadata
+        assert "unreachable" in health_meta["vector_db_detail"].value and "vector_db_recall" not in health_meta
 
         (run,) = retrain(dg.build_sensor_context(instance=instance)).run_requests
         assert "drift_report: input embedding drift" in run.tags["llmops/reason"]

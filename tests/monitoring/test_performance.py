@@ -1,8 +1,10 @@
 """Performance numbers from request-log rows, a real Prometheus endpoint, and real replica processes."""
 
 import json
+import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -99,3 +101,79 @@ def test_replica_resources_of_real_processes(tmp_path):
 def test_arrival_verdict(new_rows, error, age, passed, severity):
     ok, sev, why = performance.arrival_verdict(new_rows, error, age, max_silence_s=3600)
     assert (ok, sev) == (passed, severity) and why
+
+
+class FakeNVML:
+    """A stand-in for the `pynvml` module (this machine has no GPU): two devices, the given processes on each."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, utilization, processes, init_error=None):
+        self.utilization, self.processes, self.init_error, self.calls = utilization, processes, init_error, []
+
+    def nvmlInit(self):
+        self.calls.append("init")
+        if self.init_error:
+            raise self.NVMLError(self.init_error)
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetCount(self):
+        return len(self.utilization)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"handle-{i}"
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return SimpleNamespace(gpu=self.utilization[int(handle.split("-")[1])], memory=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used)
+                for pid, used in self.processes.get(int(handle.split("-")[1]), [])]
+
+
+@pytest.fixture
+def replica_dir(tmp_path):
+    """A run dir with the pid file of a real running process (a replica) and of a dead one."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "backend-1.pid").write_text(json.dumps({"pid": proc.pid, "command": ["serve", "--port", "1"]}))
+    (tmp_path / "backend-2.pid").write_text(json.dumps({"pid": 999999999, "command": []}))
+    yield tmp_path, proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_replica_gpu_usage_with_fake_nvml(replica_dir):
+    run_dir, pid = replica_dir
+    nvml = FakeNVML([35, 80], {0: [(12345, 512 * 2**20)], 1: [(pid, 3 * 2**30)]})
+    live, dead = performance.replica_resources(run_dir, sample_s=0.05, nvml=nvml)
+    assert live["running"] and live["gpu"] == "GPU 1"
+    assert live["gpu_util_percent"] == 80.0 and live["gpu_memory_mb"] == 3072.0
+    assert dead["gpu"] == "no process on a GPU" and dead["gpu_memory_mb"] == 0.0
+    assert nvml.calls == ["init", "shutdown"]
+    # on two GPUs, one of which does not report memory (as in some containers)
+    both = FakeNVML([20, 60], {0: [(pid, 2**30)], 1: [(pid, None)]})
+    (live, _) = performance.replica_resources(run_dir, sample_s=0.05, nvml=both)
+    assert live["gpu"] == "GPU 0,1" and live["gpu_util_percent"] == 40.0 and math.isnan(live["gpu_memory_mb"])
+
+
+def test_fake_nvml_that_fails_or_sees_no_gpu_reports_unavailable(replica_dir):
+    run_dir, _ = replica_dir
+    broken = FakeNVML([], {}, init_error="Driver Not Loaded")
+    assert performance.gpu_snapshot(broken) == {"status": "unavailable: NVML did not start: Driver Not Loaded"}
+    live, _ = performance.replica_resources(run_dir, sample_s=0.05, nvml=FakeNVML([], {}))
+    assert live["running"] and live["gpu"] == "unavailable: NVML sees no GPU"
+    assert math.isnan(live["gpu_util_percent"]) and math.isnan(live["gpu_memory_mb"])
+
+
+def test_gpu_fields_on_this_machine_say_unavailable(replica_dir):
+    """The real NVML path: without nvidia-ml-py, or without a GPU driver, the fields say why; nothing fails."""
+    status = performance.gpu_snapshot()["status"]
+    if status == "ok":
+        pytest.skip("NVML answers on this machine: the fake_nvml tests cover the GPU path")
+    run_dir, _ = replica_dir
+    live, _ = performance.replica_resources(run_dir, sample_s=0.05)
+    assert status.startswith("unavailable: ") and live["gpu"] == status and live["running"]
+    assert math.isnan(live["gpu_util_percent"]) and math.isnan(live["gpu_memory_mb"])

@@ -26,6 +26,7 @@ from deltalake import DeltaTable, Schema
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from llm_assets import storage
 from resources.settings import ObjectStoreSettings
@@ -115,8 +116,10 @@ class LakehouseResource(ObjectStoreSettings):
                 shutil.rmtree(out_dir, ignore_errors=True)
         props = CommitProperties(custom_metadata={"message": message, **commit_info})
         if self.latest(table) is not None:
-            self.delta_table(table).create_write_transaction(actions, mode=mode, schema=schema,
-                                                             commit_properties=props)
+            dt = self.delta_table(table)
+            if mode == "append":
+                schema = _add_new_columns(dt, schema)
+            dt.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
         else:
             create_table_with_add_actions(self.uri(table), schema, actions, mode="append",
                                           commit_properties=props, storage_options=self.storage_options())
@@ -127,9 +130,9 @@ class LakehouseResource(ObjectStoreSettings):
         if isinstance(table, TableVersion):
             table, version = table.name, table.version
         dt = self.delta_table(table, version)
-        if not self.remote:
-            return spark.read.parquet(*dt.file_uris())
-        return spark.read.parquet(*self._fetch(table, dt.file_uris()))
+        files = dt.file_uris() if not self.remote else self._fetch(table, dt.file_uris())
+        # The table's schema, not one file's: files written before a column was added lack it (read as null).
+        return spark.read.schema(from_arrow_schema(pa.schema(dt.schema().to_arrow()))).parquet(*files)
 
     def _fetch(self, table: str, uris: list[str]) -> list[str]:
         """Local copies of a remote version's files (data files never change once written: fetched once)."""
@@ -151,3 +154,12 @@ class LakehouseResource(ObjectStoreSettings):
             return None
         rows = pa.table(dt.get_add_actions(flatten=True))["num_records"].to_pylist()
         return TableVersion(table, self.uri(table), dt.version(), sum(rows))
+
+
+def _add_new_columns(dt: DeltaTable, schema: Schema) -> Schema:
+    """An append that brings columns the table lacks adds them first (nullable; older rows read null)."""
+    known = {f.name for f in dt.schema().fields}
+    new = [f for f in schema.fields if f.name not in known]
+    if new:
+        dt.alter.add_columns(new)
+    return dt.schema()

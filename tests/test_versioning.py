@@ -374,3 +374,19 @@ def test_lakefs_branch_tag_merge_against_server(lakehouse):
                 repo.branch(name).delete()
             except lakefs.exceptions.NotFoundException:
                 pass
+
+
+def test_append_with_a_new_column_widens_the_table(spark, lakehouse):
+    from datetime import datetime
+
+    lakehouse.write(spark.createDataFrame([("a", 1, datetime(2026, 1, 1))], "id string, n long, at timestamp"),
+                    "metrics", "first")
+    v1 = lakehouse.write(spark.createDataFrame([("b", 2, datetime(2026, 1, 2), 7.5)],
+                                               "id string, n long, at timestamp, gpu_mb double"),
+                         "metrics", "with a GPU column", mode="append")
+    assert v1.version == 2 and v1.rows == 2  # version 1 is the schema change itself
+    rows = {r["id"]: r.asDict() for r in lakehouse.read(spark, v1).collect()}
+    assert rows["a"]["gpu_mb"] is None and rows["b"]["gpu_mb"] == 7.5
+    assert rows["b"]["at"] == datetime(2026, 1, 2)
+    assert DeltaTable(v1.uri).to_pandas().set_index("id")["gpu_mb"].isna().to_dict() == {"a": True, "b": False}
+    assert lakehouse.read(spark, "metrics", 0).columns == ["id", "n", "at"]  # older versions keep their schema

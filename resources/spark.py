@@ -21,6 +21,10 @@ BASE_CONF = {
     "spark.driver.extraJavaOptions": "-XX:-UsePerfData",
     "spark.executor.extraJavaOptions": "-XX:-UsePerfData",
 }
+# A local master does all its work in the driver JVM, a short-lived one (a process per Dagster step): the C1
+# JIT alone halves its start-up CPU (benchmarks/tokenize.py). A long local job may want C2 back: set
+# spark.driver.extraJavaOptions in the Spark settings.
+LOCAL_CONF = {"spark.driver.extraJavaOptions": "-XX:-UsePerfData -XX:TieredStopAtLevel=1"}
 
 
 def build_session(master: str, conf: dict[str, str], scratch_dir: str) -> SparkSession:
@@ -30,7 +34,7 @@ def build_session(master: str, conf: dict[str, str], scratch_dir: str) -> SparkS
     rather than silently reusing it (any two local masters count as the same).
     """
     Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-    settings = {**BASE_CONF, **conf}
+    settings = {**BASE_CONF, **(LOCAL_CONF if master.startswith("local") else {}), **conf}
     if master.startswith("sc://"):
         builder = SparkSession.builder.remote(master)
         # A Connect client can set SQL settings only; the others are the server's (see BASE_CONF).

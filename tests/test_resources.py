@@ -32,3 +32,8 @@ def test_vllm_backend_command_carries_the_quantization_setting_with_a_standin_vl
     assert cmd[1:3] == ["serve", str(tmp_path.resolve())] and cmd[-2:] == ["--quantization", "fp8"]
     plain = build_resources({"LLMOPS_HOME": str(tmp_path), "LLMOPS_SERVING_BACKEND": "vllm"})["serving"]
     assert "--quantization" not in plain.backend_command(str(tmp_path), 8001)
+
+
+def test_local_driver_jvm_runs_with_the_c1_jit_only(spark):
+    args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in args

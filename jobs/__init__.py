@@ -63,10 +63,16 @@ optimization_job = dg.define_asset_job(
     "optimization", selection=dg.AssetSelection.groups("optimization"),
     description="Quantize (int8, int4), prune and distill the exported model, each scored against it.",
 )
-# Rollout (sensors/rollout.py): judge a live canary or prompt A/B, roll out an edited prompt, refresh after data.
+# Rollout (sensors/rollout.py, sensors/endpoint.py): judge a live canary or prompt A/B, roll back a promoted version
+# that regressed, roll out an edited prompt, refresh after data.
 canary_job = dg.define_asset_job(
     "canary", selection=dg.AssetSelection.assets("canary_analysis"),
     description="Judge the live canary (model version or prompt version) on its traffic: promote, roll back or wait.",
+)
+rollback_job = dg.define_asset_job(
+    "rollback", selection=dg.AssetSelection.assets("endpoint_rollback"),
+    description="Compare the promoted version serving alone with the previous promoted version on live traffic; "
+                "serve the previous one again if the promoted one regressed.",
 )
 prompt_rollout_job = dg.define_asset_job(
     "prompt_rollout", selection=dg.AssetSelection.assets("prompt_registry"),
@@ -86,5 +92,5 @@ monitoring_schedule = dg.ScheduleDefinition(
 )
 
 all_jobs = [lifecycle_job, curation_job, retrain_job, evaluation_job, redeploy_job, feedback_dataset_job, reindex_job,
-            optimization_job, canary_job, prompt_rollout_job, data_refresh_job, monitoring_job]
+            optimization_job, canary_job, rollback_job, prompt_rollout_job, data_refresh_job, monitoring_job]
 all_schedules = [continuous_evaluation_schedule, monitoring_schedule]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import dagster as dg
 import mlflow
@@ -55,9 +58,14 @@ class TrackingResource(dg.ConfigurableResource):
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         return str(client.create_model_version(name, source, run_id=run_id).version)
 
-    def promote(self, name: str, version: str, alias: str = "promoted") -> None:
-        """Point the registered model's `alias` at `version` (the deployed one)."""
-        self.client().set_registered_model_alias(name, alias, version)
+    def promote(self, name: str, version: str, alias: str = "promoted", previous_alias: str = "previous") -> None:
+        """Point the registered model's `alias` at `version` (the deployed one); the version it pointed at
+        before, when another, becomes `previous_alias` (what a rollback goes back to)."""
+        replaced = self.promoted_version(name, alias)
+        client = self.client()
+        client.set_registered_model_alias(name, alias, version)
+        if replaced is not None and replaced != str(version):
+            client.set_registered_model_alias(name, previous_alias, replaced)
 
     def promoted_version(self, name: str, alias: str = "promoted") -> str | None:
         """The version `alias` points at, or None when nothing was promoted yet."""
@@ -65,3 +73,47 @@ class TrackingResource(dg.ConfigurableResource):
             return str(self.client().get_model_version_by_alias(name, alias).version)
         except mlflow.exceptions.MlflowException:
             return None
+
+    def previous_version(self, name: str) -> str | None:
+        """The promoted version that the current promoted one replaced, or None."""
+        return self.promoted_version(name, "previous")
+
+    def model_dir(self, name: str, version: str, cache_dir: str | Path) -> str:
+        """A local directory holding registered `version`'s model: its source artifact when that is a local
+        directory, else a copy downloaded once (e.g. from an s3:// artifact root) into
+        `<cache_dir>/<name>/v<version>`."""
+        source = self.client().get_model_version(name, version).source
+        local = _local_path(source)
+        if local is not None and local.is_dir():
+            return str(local)
+        target = Path(cache_dir) / name / f"v{version}"
+        if target.is_dir():
+            return str(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=f".v{version}-", dir=target.parent)  # no half-downloaded target
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
+                                                             tracking_uri=self.tracking_uri)
+            Path(downloaded).rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return str(target)
+
+    def tag_rolled_back(self, name: str, version: str, reason: str) -> None:
+        """Mark `version` as rolled back off the endpoint, with why (tag `llmops.rolled_back`)."""
+        self.client().set_model_version_tag(name, version, ROLLED_BACK_TAG, reason[:5000] or "rolled back")
+
+    def rolled_back_reason(self, name: str, version: str) -> str | None:
+        """Why `version` was rolled back, or None when it never was."""
+        return self.client().get_model_version(name, version).tags.get(ROLLED_BACK_TAG)
+
+
+ROLLED_BACK_TAG = "llmops.rolled_back"
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local path of a `file://` URI or a plain path; None for any other scheme."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(uri) if not parsed.scheme else None

@@ -50,10 +50,10 @@ def test_quality_gates_are_blocking_checks():
 
 
 def test_jobs_schedules_and_sensors_are_defined():
-    for job in ["lifecycle", "curation", "retrain", "evaluation", "redeploy"]:
+    for job in ["lifecycle", "curation", "retrain", "evaluation", "redeploy", "canary", "rollback"]:
         assert defs.resolve_job_def(job)
     assert defs.resolve_schedule_def("continuous_evaluation")
-    for sensor in ["endpoint_drift_sensor", "endpoint_health_sensor", "raw_source_sensor"]:
+    for sensor in ["live_regression_sensor", "endpoint_health_sensor", "raw_source_sensor"]:
         assert defs.resolve_sensor_def(sensor)
 
 

@@ -1,4 +1,4 @@
-"""Deployment stage: the gated model served behind the gateway (canary first), its image, prompts and rollout."""
+"""Deployment stage: the gated model served behind the gateway (canary first), its image, prompts, rollout, rollback."""
 
 # No `from __future__ import annotations`: Dagster 1.13 reads the config and resource
 # parameters' annotations as objects, and string annotations break its config inference.
@@ -272,15 +272,131 @@ def _prompt_arms(routes: dict) -> tuple[str, dict] | None:
 def _judge(requests, feedback, column: str, stable: str, candidate: str,
            limits: rollout.CanaryThresholds) -> rollout.Decision:
     """Both arms over the same window: the requests since the candidate's first one."""
-    from llm_assets.evaluation.metrics import toxicity_probabilities
-
     if len(requests):
         mine = requests[requests[column].astype(str) == candidate]
         if len(mine):
             requests = requests[requests["timestamp"] >= mine["timestamp"].min()]
-    answered = requests[(requests["status"] == 200) & requests[column].astype(str).isin([stable, candidate])] \
-        if len(requests) else requests
-    toxicity = dict(zip(answered["request_id"], toxicity_probabilities(answered["response"].fillna("").tolist()))) \
-        if len(answered) else {}
+    arms = requests[requests[column].astype(str).isin([stable, candidate])] if len(requests) else requests
+    toxicity = _toxicity(arms)
     return rollout.decide(rollout.arm_stats(requests, feedback, column, stable, toxicity),
                           rollout.arm_stats(requests, feedback, column, candidate, toxicity), limits)
+
+
+def _toxicity(requests) -> dict[str, float]:
+    """request_id -> toxicity probability of the answer, for the answered requests."""
+    from llm_assets.evaluation.metrics import toxicity_probabilities
+
+    answered = requests[requests["status"] == 200] if len(requests) else requests
+    if not len(answered):
+        return {}
+    return dict(zip(answered["request_id"], toxicity_probabilities(answered["response"].fillna("").tolist())))
+
+
+# ---- rollback: the promoted version against the promoted version it replaced, after the canary is over
+
+
+class RollbackConfig(dg.Config):
+    """Used by: endpoint_rollback. Limits as in CanaryConfig, between the promoted version and the previous one."""
+
+    min_requests: int = 20
+    max_error_rate_increase: float = 0.02
+    max_latency_p95_ratio: float = 1.5
+    max_toxicity_increase: float = 0.05
+    max_positive_feedback_drop: float = 0.2
+    min_feedback: int = 5
+    window_requests: int = 500
+    """Requests per version compared: the promoted one's last, since it serves alone; the previous one's last."""
+    handover_weight: float = 0.5
+    """Traffic share of the restored version while it is smoke tested beside the regressed one."""
+
+
+NO_ACTION = "no action"
+
+
+# After canary_analysis where a run has both (retrain, lifecycle), so the two never change the deployment at once.
+@dg.asset(group_name="deployment", kinds={"fastapi", "mlflow"}, deps=["endpoint_metrics", "canary_analysis"])
+def endpoint_rollback(context: dg.AssetExecutionContext, config: RollbackConfig, exported_model: ExportedModel,
+                      lakehouse: LakehouseResource, serving: ServingResource, settings: SettingsResource,
+                      tracking: TrackingResource) -> dg.Output[dict]:
+    """The promoted version, serving alone, against the promoted version it replaced on their stored live
+    traffic: on a regression the previous version serves again (no downtime) and becomes `promoted`, and
+    the regressed one is tagged rolled back in MLflow; otherwise nothing changes."""
+    from llm_assets.monitoring import tables
+
+    name = exported_model.registered_name
+    promoted, previous = tracking.promoted_version(name), tracking.previous_version(name)
+    why_not = _no_rollback_reason(serving.current(), tracking, name, promoted, previous)
+    if why_not:
+        context.log.info(f"endpoint_rollback: {NO_ACTION}: {why_not}")
+        return dg.Output({"decision": NO_ACTION, "reasons": [why_not], "promoted": promoted, "previous": previous},
+                         metadata={"decision": NO_ACTION, "reason": why_not, "promoted_version": promoted or "none",
+                                   "previous_version": previous or "none"})
+    requests = tables.read(lakehouse.root, tables.REQUESTS,
+                           ["request_id", "timestamp", "model_version", "status", "latency_ms", "response"])
+    feedback = tables.read(lakehouse.root, tables.FEEDBACK, ["request_id", "rating", "thumbs"])
+    limits = rollout.CanaryThresholds(**config.model_dump(exclude={"window_requests", "handover_weight"}))
+    decision = _judge_promoted(requests, feedback, previous, promoted, config.window_requests, limits)
+    reason = "; ".join(decision.reasons)
+    if decision.action == rollout.ROLLBACK:
+        model_dir = tracking.model_dir(name, previous, settings.path("models", "registry"))
+        _serve_again(serving, model_dir, previous, config.handover_weight, context.log)
+        tracking.promote(name, previous)
+        tracking.tag_rolled_back(name, promoted, f"live regression against version {previous}: {reason}")
+    context.log.info(f"{name} v{promoted} vs previous v{previous}: {decision.action} ({reason})")
+    after, arms = serving.current(), decision.as_dict()
+    value = {"decision": decision.action, "reasons": decision.reasons, "promoted": tracking.promoted_version(name),
+             "previous": previous, "rolled_back": promoted if decision.action == rollout.ROLLBACK else None,
+             "arms": {"previous": arms["stable"], "promoted": arms["candidate"]}}
+    return dg.Output(value, metadata={
+        "decision": decision.action,
+        "reason": reason,
+        "analysis": dg.MetadataValue.md(rollout.decision_table_md(decision, ("previous", "promoted"))),
+        "arms": dg.MetadataValue.json(value["arms"]),
+        "thresholds": dg.MetadataValue.json(arms["thresholds"]),
+        "promoted_version": value["promoted"],
+        "previous_version": previous,
+        "rolled_back_version": value["rolled_back"] or "none",
+        "weights": dg.MetadataValue.json(after.weights),
+        "requests_logged": len(requests),
+        "feedback_logged": len(feedback),
+    })
+
+
+def _no_rollback_reason(current, tracking: TrackingResource, name: str, promoted: str | None,
+                        previous: str | None) -> str | None:
+    """Why there is nothing to compare, or None when the promoted version serves alone and has a predecessor."""
+    if current is None:
+        return "nothing is deployed"
+    if promoted is None:
+        return f"no version of {name} was promoted yet"
+    if previous is None:
+        return f"no previous promoted version of {name}: version {promoted} is the first"
+    if set(current.versions) != {promoted}:
+        return (f"the endpoint serves versions {sorted(current.versions)}, not promoted version {promoted} alone "
+                f"(a canary is canary_analysis's to judge)")
+    rolled_back = tracking.rolled_back_reason(name, previous)
+    if rolled_back:
+        return f"previous version {previous} was itself rolled back ({rolled_back})"
+    return None
+
+
+def _judge_promoted(requests, feedback, previous: str, promoted: str, window: int,
+                    limits: rollout.CanaryThresholds) -> rollout.Decision:
+    """The promoted version's requests since it serves alone against the previous version's last ones."""
+    before = rollout.last_window(requests, "model_version", previous, window)
+    live = rollout.sole_window(requests, "model_version", promoted, window)
+    toxicity = _toxicity(requests.loc[before.index.union(live.index)])
+    return rollout.judge_regression(rollout.arm_stats(before, feedback, "model_version", previous, toxicity),
+                                    rollout.arm_stats(live, feedback, "model_version", promoted, toxicity), limits)
+
+
+def _serve_again(serving: ServingResource, model_dir: str, version: str, weight: float, log) -> None:
+    """Serve `version` beside the regressed version, check that it answers, then give it all traffic: the
+    regressed version stops only once the restored one serves."""
+    deployment = serving.add_version(model_dir, version, weight, log=log)
+    try:
+        serving.smoke_test(deployment, model_version=version)
+    except BaseException:
+        serving.remove_version(version, log=log)
+        raise
+    serving.promote(version, log=log)

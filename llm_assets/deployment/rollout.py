@@ -1,4 +1,6 @@
 """Canary analysis: compare a candidate (model version or prompt version) with the stable one on live traffic.
+The same comparison after a promotion (`judge_regression`): the promoted version serving alone against the
+version it replaced, each on its own window of traffic; a regression rolls back.
 
 The gateway's request log and feedback log (one JSON line per request / per feedback, see
 `llm_assets/deployment/gateway.py`) are the evidence. For each arm: requests, error rate, latency
@@ -11,13 +13,13 @@ soon as one measure is clearly worse, promoted once it has enough traffic and no
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
+PROMOTE, ROLLBACK, WAIT, KEEP = "promote", "rollback", "wait", "keep"
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,42 @@ def decide(stable: ArmStats, candidate: ArmStats, limits: CanaryThresholds = Can
                               f"{candidate.requests} candidate requests"], stable, candidate, limits)
 
 
-def decision_table_md(decision: Decision) -> str:
-    """Stable against candidate, one row per measure."""
+def sole_window(requests: pd.DataFrame, column: str, version: str, last_n: int) -> pd.DataFrame:
+    """The last `last_n` requests of `version` since it serves alone: after the last request to any other."""
+    if not len(requests):
+        return requests
+    mine = requests[column].astype(str) == version
+    rows, others = requests[mine], requests.loc[~mine, "timestamp"]
+    if len(others):
+        rows = rows[rows["timestamp"] > others.max()]
+    return rows.sort_values("timestamp").tail(last_n)
+
+
+def last_window(requests: pd.DataFrame, column: str, version: str, last_n: int) -> pd.DataFrame:
+    """The last `last_n` requests of `version` (the window it last served in)."""
+    if not len(requests):
+        return requests
+    return requests[requests[column].astype(str) == version].sort_values("timestamp").tail(last_n)
+
+
+def judge_regression(previous: ArmStats, promoted: ArmStats, limits: CanaryThresholds = CanaryThresholds()) -> Decision:
+    """The promoted version against the one it replaced, with `decide`'s limits: rollback when a measure is
+    worse than allowed, keep when both had enough traffic and none is, else wait."""
+    decision = decide(previous, promoted, limits)
+    if decision.action != PROMOTE:
+        return decision
+    return replace(decision, action=KEEP, reasons=[
+        f"no measure worse than allowed over {promoted.requests} requests of {promoted.version} and "
+        f"{previous.requests} of {previous.version}"])
+
+
+def decision_table_md(decision: Decision, labels: tuple[str, str] = ("stable", "candidate")) -> str:
+    """Stable against candidate (or `labels`), one row per measure."""
     s, c = decision.stable, decision.candidate
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     rows = [("requests", s.requests, c.requests), ("error_rate", s.error_rate, c.error_rate),
             ("latency_p95_ms", s.latency_p95_ms, c.latency_p95_ms), ("toxicity_rate", s.toxicity_rate, c.toxicity_rate),
             ("feedback", s.feedback, c.feedback), ("positive_feedback", s.positive_feedback, c.positive_feedback)]
-    return "\n".join([f"| measure | stable {s.version} | candidate {c.version} |", "|---|---:|---:|",
+    return "\n".join([f"| measure | {labels[0]} {s.version} | {labels[1]} {c.version} |", "|---|---:|---:|",
                       *(f"| {name} | {fmt(a)} | {fmt(b)} |" for name, a, b in rows), "",
                       f"**{decision.action}**: " + "; ".join(decision.reasons)])

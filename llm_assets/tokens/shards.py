@@ -30,6 +30,7 @@ from llm_assets import storage
 
 if TYPE_CHECKING:  # the training worker reads shards without importing Spark
     from pyspark.sql import DataFrame
+    from tokenizers import Tokenizer
 
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
@@ -190,22 +191,34 @@ def pack_shards(tokenized: Iterable[tuple[str, np.ndarray]], out_dir: str | Path
     return ShardResult(out_dir, manifest, hashlib.sha256(body).hexdigest())
 
 
+def open_tokenizer(tokenizer_dir: str | Path, eos_token: str) -> tuple[Path, Tokenizer, int]:
+    """(tokenizer.json path, tokenizer, EOS id) of a tokenizer directory, for packing documents."""
+    from tokenizers import Tokenizer
+
+    tok_path = Path(tokenizer_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"tokenizer file {tok_path} does not exist")
+    tok = Tokenizer.from_str(tok_path.read_text())
+    eos_id = tok.token_to_id(eos_token)
+    if eos_id is None:
+        raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer {tok_path}")
+    return tok_path, tok, eos_id
+
+
+def encode_document(tok: Tokenizer, text: str, eos_id: int, dtype: np.dtype) -> np.ndarray:
+    """One document's ids followed by EOS, on the driver: what `tokenize_documents` makes on the executors
+    (whose function stays self-contained, so it cannot call this one)."""
+    return np.array([*tok.encode(text, add_special_tokens=False).ids, eos_id], dtype=dtype)
+
+
 def build_shards(docs: DataFrame, tokenizer_dir: str | Path, out_dir: str | Path, *, data_commit: str,
                  seq_len: int = 128, sequences_per_shard: int = 1024, validation_fraction: float = 0.05,
                  seed: int = 0, eos_token: str = "<|endoftext|>") -> ShardResult:
     """Tokenize `docs` (doc_id, text) with Spark and write packed shards for train and validation."""
-    from tokenizers import Tokenizer
-
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    tok_path = Path(tokenizer_dir) / "tokenizer.json"
-    if not tok_path.exists():
-        raise FileNotFoundError(f"tokenizer file {tok_path} does not exist")
+    tok_path, tok, eos_id = open_tokenizer(tokenizer_dir, eos_token)
     tokenizer_json = tok_path.read_text()
-    tok = Tokenizer.from_str(tokenizer_json)
-    eos_id = tok.token_to_id(eos_token)
-    if eos_id is None:
-        raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer {tok_path}")
     vocab_size = tok.get_vocab_size()
     dtype = token_dtype(vocab_size)
     tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed, dtype.str).persist()

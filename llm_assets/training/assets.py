@@ -11,7 +11,9 @@ import dagster as dg
 from llm_assets import storage
 from llm_assets.artifacts import BaseModelChoice, ExportedModel, ShardSet, TokenizerArtifact, TrainedCheckpoint
 from llm_assets.tokens.assets import local_shards
-from llm_assets.training import catalog, checkpoint_sync, checkpoints, export, launcher, tracking_utils
+from llm_assets.tokens.shards import read_manifest
+from llm_assets.training import catalog, checkpoint_sync, checkpoints, export, feedback, launcher, tracking_utils
+from resources.lakehouse import LakehouseResource
 from resources.settings import SettingsResource
 from resources.tracking import TrackingResource
 from resources.training import TrainingNodesResource
@@ -41,6 +43,8 @@ class TrainingConfig(dg.Config):
 
     Pre-training or fine-tuning follows base_model: a catalog model built from its config trains from
     scratch; a local_path model is fine-tuned, in full or (method="lora") through LoRA adapters.
+    `init_from` fine-tunes another model directory instead (the feedback sensor names the promoted model's).
+    Good-feedback examples join the token shards when `feedback_examples` is on and the table has rows.
     """
 
     nproc: int = 2
@@ -70,7 +74,18 @@ class TrainingConfig(dg.Config):
     log_every: int = 50
     seed: int = 0
     resume: bool = True
-    """Continue from the newest checkpoint of an identical run (same model, shards and config)."""
+    """Continue from the newest checkpoint of an identical run (same model, shards, feedback and config)."""
+    init_from: str = ""
+    """A Hugging Face model directory to continue training from instead of base_model (e.g. the deployed
+    model's export, models/<name>/v<version>); its vocabulary must fit the tokenizer."""
+    feedback_examples: bool = True
+    """Also train on the newest feedback_dataset version (or the one the run's llmops/feedback_dataset_version
+    tag names), when that table exists and has rows."""
+    feedback_repeat: int = 4
+    """Upsampling: each feedback example is packed this many times (a few hundred examples beside a corpus)."""
+
+
+_NOT_RUN_CONFIG = {"resume", "init_from", "feedback_examples", "feedback_repeat"}  # TrainingConfig-only knobs
 
 
 class ExportConfig(dg.Config):
@@ -115,12 +130,53 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig,
     })
 
 
-def _run_name(base: BaseModelChoice, shards: ShardSet, config: TrainingConfig) -> str:
-    """Stable for the same model, shards and config, so a relaunch finds its checkpoints."""
+def _run_name(base: BaseModelChoice, shards: ShardSet, config: TrainingConfig,
+              examples: feedback.FeedbackExamples | None) -> str:
+    """Stable for the same model, shards, feedback examples and config, so a relaunch finds its checkpoints."""
     knobs = config.model_dump(exclude={"resume"})
-    digest = hashlib.sha256(json.dumps([base.spec.get("config"), base.spec.get("local_path"), knobs],
-                                       sort_keys=True, default=str).encode()).hexdigest()
+    inputs = [base.spec.get("config"), base.spec.get("local_path"), knobs]
+    if examples is not None:
+        inputs.append(examples.sha256)
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return f"{base.name}-{shards.manifest_sha256[:8]}-{digest[:8]}"
+
+
+def feedback_for_run(context: dg.AssetExecutionContext, config: TrainingConfig, lakehouse: LakehouseResource,
+                     tokenizer: TokenizerArtifact) -> tuple[feedback.FeedbackExamples | None, str]:
+    """The feedback examples this run mixes in (None when off, absent or empty) and why, for the log."""
+    if not config.feedback_examples:
+        return None, "feedback examples off (feedback_examples=False)"
+    if config.feedback_repeat < 1:
+        raise ValueError(f"feedback_repeat={config.feedback_repeat} must be at least 1")
+    pinned = context.run.tags.get(feedback.VERSION_TAG)
+    version, rows = feedback.read_examples(lakehouse, int(pinned) if pinned else None)
+    if version is None:
+        return None, f"no {feedback.TABLE} table at {lakehouse.uri(feedback.TABLE)}: training without feedback"
+    if rows.empty:
+        return None, f"{feedback.TABLE}@{version} has no examples: training without feedback"
+    texts = feedback.format_examples(rows, tokenizer.path, feedback.system_messages(lakehouse.root))
+    return (feedback.FeedbackExamples(version, lakehouse.uri(feedback.TABLE), texts),
+            f"{len(texts)} feedback examples from {feedback.TABLE}@{version}"
+            + (f" ({feedback.VERSION_TAG}={pinned})" if pinned else " (the newest version)"))
+
+
+def _pack_feedback(context: dg.AssetExecutionContext, config: TrainingConfig, examples: feedback.FeedbackExamples,
+                   shard_dir: str, tokenizer: TokenizerArtifact, out_dir: Path) -> tuple[list[str], int]:
+    """The feedback shard set in the run's directory, packed like `shard_dir`'s: ([its path] or [] when the
+    examples fill no sequence, its sequence count)."""
+    manifest = read_manifest(shard_dir)
+    packed = feedback.pack_examples(
+        examples.texts, tokenizer.path, out_dir, eos_token=tokenizer.eos_token, seq_len=manifest["seq_len"],
+        sequences_per_shard=manifest["sequences_per_shard"], repeat=config.feedback_repeat, seed=config.seed,
+        header={"data_commit": f"{feedback.TABLE}@{examples.version}", "table": examples.uri})
+    sequences = sum(e["sequences"] for e in packed.manifest["splits"]["train"])
+    context.log.info(f"packed {len(examples.texts)} feedback examples x{config.feedback_repeat} into {sequences} "
+                     f"sequences of {manifest['seq_len']} -> {packed.path}")
+    if not sequences:
+        context.log.warning(f"the feedback examples fill no sequence of {manifest['seq_len']} tokens; training "
+                            "without them (raise feedback_repeat)")
+        return [], 0
+    return [str(packed.path)], sequences
 
 
 def _fetch_remote_checkpoint(context: dg.AssetExecutionContext, settings: SettingsResource, remote: str,
@@ -167,22 +223,36 @@ def run_training(context: dg.AssetExecutionContext, run_cfg: launcher.RunConfig,
 @dg.asset(group_name="training", kinds={"deepspeed", "pytorch", "mlflow"})
 def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, token_shards: ShardSet,
                        base_model: BaseModelChoice, tokenizer: TokenizerArtifact,
-                       settings: SettingsResource, tracking: TrackingResource,
+                       settings: SettingsResource, tracking: TrackingResource, lakehouse: LakehouseResource,
                        training_nodes: TrainingNodesResource) -> dg.Output[TrainedCheckpoint]:
-    """The base model trained (from scratch, fine-tuned or LoRA) on the token shards with DeepSpeed under torchrun."""
-    run_name = _run_name(base_model, token_shards, config)
+    """The base model trained (from scratch, fine-tuned or LoRA) on the token shards and good-feedback examples
+    with DeepSpeed under torchrun."""
+    examples, why = feedback_for_run(context, config, lakehouse, tokenizer)
+    context.log.info(why)
+    run_name = _run_name(base_model, token_shards, config, examples)
     ckpt_dir = settings.path("checkpoints", run_name)
     if not config.resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    model = {k: base_model.spec[k] for k in ("name", "model_type", "config", "local_path") if k in base_model.spec}
+    shard_dir = local_shards(token_shards, settings)
+    extra_shard_dirs, feedback_sequences = [], 0
+    if examples is not None:
+        extra_shard_dirs, feedback_sequences = _pack_feedback(context, config, examples, shard_dir, tokenizer,
+                                                              ckpt_dir / "feedback_shards")
+    if config.init_from:
+        model = {"name": base_model.name, "local_path": config.init_from}
+        context.log.info(f"fine-tuning {config.init_from} (init_from) instead of base_model {base_model.name}")
+    else:
+        model = {k: base_model.spec[k] for k in ("name", "model_type", "config", "local_path") if k in base_model.spec}
     run_cfg = launcher.RunConfig(
-        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=local_shards(token_shards, settings),
+        run_name=run_name, checkpoint_dir=str(ckpt_dir), shard_dir=shard_dir, extra_shard_dirs=extra_shard_dirs,
         tokenizer_dir=tokenizer.path, model=model, mlflow_tracking_uri=tracking.tracking_uri,
         nnodes=training_nodes.nnodes, node_rank=training_nodes.node_rank, rdzv_endpoint=training_nodes.rdzv_endpoint,
-        **config.model_dump(exclude={"resume"}))
+        **config.model_dump(exclude=_NOT_RUN_CONFIG))
     launcher.validate(run_cfg)  # bad settings and corrupt shards fail here, before torchrun starts
 
+    feedback_record = {"feedback_dataset_version": str(examples.version) if examples is not None else "none",
+                       "feedback_examples": str(len(examples.texts) if examples is not None else 0)}
     client = tracking.client()
     git = tracking_utils.git_state(launcher.REPO_ROOT)
     remote = settings.remote("checkpoints", run_name)  # None without an object-storage home
@@ -195,12 +265,13 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         tags = {"git_commit": git["commit"], "git_dirty": git["dirty"], "mlflow.source.git.commit": git["commit"],
                 "data_commit": token_shards.data_commit, "shards_manifest_sha256": token_shards.manifest_sha256,
                 "tokenizer_sha256": tokenizer.sha256, "dagster_run_id": context.run_id,
-                "base_model": base_model.name}
+                "base_model": base_model.name, **feedback_record,
+                **({"init_from": config.init_from} if config.init_from else {})}
         if remote and config.resume:
             _fetch_remote_checkpoint(context, settings, remote, ckpt_dir)
         run_id = tracking_utils.start_or_resume_run(tracking, client, ckpt_dir, run_name, tags, context.log.info)
         run_cfg.mlflow_run_id = run_id
-        tracking_utils.log_params(client, run_id, run_cfg.params())
+        tracking_utils.log_params(client, run_id, {**run_cfg.params(), **feedback_record})
         # node 0 holds global rank 0, which seals the checkpoints
         result = run_training(context, run_cfg, ckpt_dir, settings, tracking, client,
                             remote if training_nodes.node_rank == 0 else None)
@@ -220,6 +291,12 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         **({"checkpoints_remote": remote} if remote else {}),
         "git_commit": client.get_run(run_id).data.tags.get("git_commit", git["commit"]),
         "data_commit": token_shards.data_commit,
+        "feedback_dataset_version": examples.version if examples is not None else -1,
+        "feedback_examples": len(examples.texts) if examples is not None else 0,
+        "feedback_sequences": feedback_sequences,
+        "feedback_sequences_trained": result.get("extra_sequences_seen", 0),
+        "feedback": why,
+        **({"init_from": dg.MetadataValue.path(config.init_from)} if config.init_from else {}),
     }
     if plot is not None:
         client.log_artifact(run_id, str(plot))

@@ -35,6 +35,8 @@ class RunConfig:
     checkpoint_dir: str
     shard_dir: str
     tokenizer_dir: str
+    extra_shard_dirs: list[str] = field(default_factory=list)
+    """More shard sets (same tokenizer and seq_len) whose train sequences join shard_dir's, e.g. feedback examples."""
     model: dict = field(default_factory=dict)
     """Catalog entry: {name, model_type, config} to build from scratch, or {name, local_path} to fine-tune."""
     nproc: int = 2
@@ -178,6 +180,13 @@ def validate(cfg: RunConfig, cpus: int | None = None, verify_shards: bool = True
     train = open_split(cfg.shard_dir, "train", verify=verify_shards)  # ValueError names a corrupt shard
     if sum(len(a) for a in train) == 0:
         raise ValueError(f"shard directory {cfg.shard_dir} has no train sequences")
+    for extra in cfg.extra_shard_dirs:
+        other = read_manifest(extra)
+        if other["tokenizer_sha256"] != tok_sha or other["seq_len"] != manifest["seq_len"]:
+            raise ValueError(f"extra shard directory {extra} (tokenizer {other['tokenizer_sha256'][:12]}, seq_len "
+                             f"{other['seq_len']}) does not match {cfg.shard_dir} (tokenizer {tok_sha[:12]}, "
+                             f"seq_len {manifest['seq_len']})")
+        open_split(extra, "train", verify=verify_shards)
     return manifest
 
 

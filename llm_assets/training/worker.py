@@ -9,9 +9,10 @@ CPU-sized run (2 processes, tiny GPT-2, ~1 minute on 2 cores):
         --config .llmops/checkpoints/<run_name>/run.json
 
 run.json is a `launcher.RunConfig`. The worker builds the model (from a catalog config, or from a
-local Hugging Face directory, optionally wrapped in LoRA adapters), reads the train shards by memmap,
-trains with `deepspeed.initialize` (ZeRO stage and precision from the config, torch AdamW, gloo on
-CPU), logs loss / lr / tokens-per-second / memory to the MLflow run in the config (rank 0), saves a
+local Hugging Face directory, optionally wrapped in LoRA adapters), reads the train shards by memmap
+(`shard_dir`'s, then those of `extra_shard_dirs`, e.g. feedback examples, counted in `result.json`),
+trains with `deepspeed.initialize` (ZeRO stage and precision from the config, torch AdamW, gloo on CPU),
+logs loss / lr / tokens-per-second / memory to the MLflow run in the config (rank 0), saves a
 DeepSpeed checkpoint every `save_every` steps and at the end, and resumes from the newest checkpoint
 in `checkpoint_dir` that verifies (`checkpoints.py`), so a relaunch after `kill -9` continues where
 it left off. With a `teacher_dir` the loss is the distillation loss against that frozen teacher's
@@ -65,6 +66,12 @@ class Batches:
 
     def get(self, start: int, count: int) -> np.ndarray:
         return np.stack([self._row(start + k) for k in range(count)])
+
+    def drawn_from(self, rows: int, first: int) -> int:
+        """How many of the first `rows` rows were sequences `first`… (a later shard set, e.g. feedback)."""
+        epochs, rest = divmod(rows, self.n)
+        perm = np.random.default_rng([self.seed, epochs]).permutation(self.n)[:rest]
+        return epochs * (self.n - first) + int(np.count_nonzero(perm >= first))
 
 
 def build_model(cfg: RunConfig, tokenizer):
@@ -271,7 +278,11 @@ def train(cfg: RunConfig) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     seq_len = read_manifest(cfg.shard_dir)["seq_len"]
-    batches = Batches(open_split(cfg.shard_dir, "train", verify=cfg.verify_shards), cfg.seed)
+    train_arrays = open_split(cfg.shard_dir, "train", verify=cfg.verify_shards)
+    n_main = sum(len(a) for a in train_arrays)
+    for extra in cfg.extra_shard_dirs:  # appended after the main set: without extras the order is unchanged
+        train_arrays += open_split(extra, "train", verify=cfg.verify_shards)
+    batches = Batches(train_arrays, cfg.seed)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -295,7 +306,9 @@ def train(cfg: RunConfig) -> dict:
         log(f"resumed from checkpoint {path} at step {step}")
     if rank == 0:
         log(f"model {cfg.model.get('name')} {n_params} parameters ({n_trainable} trainable, {cfg.method}), "
-            f"{batches.n} train sequences of {seq_len}, world {world}, ZeRO {cfg.zero_stage}, {cfg.precision}, "
+            f"{batches.n} train sequences of {seq_len}"
+            + (f" ({batches.n - n_main} from {', '.join(cfg.extra_shard_dirs)})" if cfg.extra_shard_dirs else "")
+            + f", world {world}, ZeRO {cfg.zero_stage}, {cfg.precision}, "
             f"steps {step}->{cfg.max_steps}" + (f", distilling from {cfg.teacher_dir}" if teacher is not None else ""))
 
     metrics = MetricsLog(cfg.mlflow_tracking_uri, cfg.mlflow_run_id) if rank == 0 else MetricsLog("", "")
@@ -341,11 +354,17 @@ def train(cfg: RunConfig) -> dict:
     progress.close()
 
     save_hf_final(engine, engine.module, cfg.tokenizer_dir, ckpt_dir / "hf_final", cfg.zero_stage)
+    extra_seen = batches.drawn_from(step * per_rank * world, n_main)  # a function of (seed, step): resume-proof
     result = {"steps": step, "final_loss": loss_value, "tokens_seen": tokens_seen, "parameters": n_params,
+              "extra_sequences_seen": extra_seen,
               "trainable_parameters": n_trainable, "method": cfg.method,
               "tokens_per_s": float(np.median(rates)) if rates else None, "trained_steps_this_launch": len(rates),
               "world_size": world, "model_dir": str(ckpt_dir / "hf_final")}
     if rank == 0:
+        if cfg.extra_shard_dirs:
+            log(f"trained on {extra_seen} sequences from {', '.join(cfg.extra_shard_dirs)} "
+                f"of {step * per_rank * world}")
+            metrics.add(step, extra_sequences_seen=extra_seen)
         metrics.flush()
         (ckpt_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         log(f"done: {json.dumps(result)}")

@@ -187,8 +187,9 @@ def _roll_out_prompt(routes: dict, prompt: prompts.PromptVersion, ab_weight: flo
     return f"A/B: {prompt.version} at {ab_weight:.2f} against {stable}"
 
 
-class CanaryConfig(dg.Config):
-    """Used by: canary_analysis. Limits as in llm_assets/deployment/rollout.py (CanaryThresholds)."""
+class LiveLimitsConfig(dg.Config):
+    """Limits on one version's live numbers against another's, as in llm_assets/deployment/rollout.py
+    (CanaryThresholds)."""
 
     min_requests: int = 20
     max_error_rate_increase: float = 0.02
@@ -196,6 +197,14 @@ class CanaryConfig(dg.Config):
     max_toxicity_increase: float = 0.05
     max_positive_feedback_drop: float = 0.2
     min_feedback: int = 5
+
+    def thresholds(self) -> rollout.CanaryThresholds:
+        return rollout.CanaryThresholds(**{k: getattr(self, k) for k in LiveLimitsConfig.model_fields})
+
+
+class CanaryConfig(LiveLimitsConfig):
+    """Used by: canary_analysis."""
+
     probe_requests: int = 0
     """> 0: send this many chat requests through the gateway first (quiet demos have no users)."""
     probe_max_tokens: int = 16
@@ -216,7 +225,7 @@ def canary_analysis(context: dg.AssetExecutionContext, config: CanaryConfig, end
         records, _ = load.run_load(current.url, current.model_name, config.probe_requests,
                                    max_tokens=config.probe_max_tokens, api_key=serving.api_key)
         context.log.info(f"sent {len(records)} probe requests, {sum(r.status == 200 for r in records)} answered")
-    limits = rollout.CanaryThresholds(**config.model_dump(exclude={"probe_requests", "probe_max_tokens"}))
+    limits = config.thresholds()
     logs = Path(serving.run_dir) / "logs"
     requests = rollout.read_jsonl(logs / "requests.jsonl")
     feedback = rollout.read_jsonl(logs / "feedback.jsonl")
@@ -295,15 +304,9 @@ def _toxicity(requests) -> dict[str, float]:
 # ---- rollback: the promoted version against the promoted version it replaced, after the canary is over
 
 
-class RollbackConfig(dg.Config):
-    """Used by: endpoint_rollback. Limits as in CanaryConfig, between the promoted version and the previous one."""
+class RollbackConfig(LiveLimitsConfig):
+    """Used by: endpoint_rollback; the limits apply between the promoted version and the previous one."""
 
-    min_requests: int = 20
-    max_error_rate_increase: float = 0.02
-    max_latency_p95_ratio: float = 1.5
-    max_toxicity_increase: float = 0.05
-    max_positive_feedback_drop: float = 0.2
-    min_feedback: int = 5
     window_requests: int = 500
     """Requests per version compared: the promoted one's last, since it serves alone; the previous one's last."""
     handover_weight: float = 0.5
@@ -334,7 +337,7 @@ def endpoint_rollback(context: dg.AssetExecutionContext, config: RollbackConfig,
     requests = tables.read(lakehouse.root, tables.REQUESTS,
                            ["request_id", "timestamp", "model_version", "status", "latency_ms", "response"])
     feedback = tables.read(lakehouse.root, tables.FEEDBACK, ["request_id", "rating", "thumbs"])
-    limits = rollout.CanaryThresholds(**config.model_dump(exclude={"window_requests", "handover_weight"}))
+    limits = config.thresholds()
     decision = _judge_promoted(requests, feedback, previous, promoted, config.window_requests, limits)
     reason = "; ".join(decision.reasons)
     if decision.action == rollout.ROLLBACK:

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -155,13 +156,43 @@ class MetricsLog:
             self.buffer = []
 
 
+RNG_STATE = "rng_state_rank{rank}.pt"
+
+
+def save_rng_state(path: Path) -> None:
+    """This rank's random generators (dropout masks draw on torch's), so a resumed run draws what it would have."""
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, path)
+
+
+def load_rng_state(path: Path) -> bool:
+    """Restore what `save_rng_state` wrote; False when the checkpoint has none for this rank (another layout)."""
+    import torch
+
+    if not path.exists():
+        return False
+    state = torch.load(path, weights_only=False)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    return True
+
+
 def save_checkpoint(engine, ckpt_dir: Path, step: int, keep: int, client_state: dict) -> None:
-    """A DeepSpeed checkpoint, sealed with its manifest and made `latest` once every rank wrote its part."""
+    """A DeepSpeed checkpoint and every rank's RNG state, sealed with its manifest and made `latest` once every
+    rank wrote its part."""
     import torch.distributed as dist
 
     tag = checkpoints.tag_name(step)
     # save_latest=False: DeepSpeed's own `latest` is written by rank 0 before the other ranks finish
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    save_rng_state(ckpt_dir / tag / RNG_STATE.format(rank=dist.get_rank()))
     dist.barrier()
     if dist.get_rank() == 0:
         checkpoints.seal(ckpt_dir / tag, step)
@@ -304,6 +335,9 @@ def train(cfg: RunConfig) -> dict:
         step, tokens_seen = client_state["step"], client_state["tokens_seen"]
         loss_value = client_state.get("loss", float("nan"))
         log(f"resumed from checkpoint {path} at step {step}")
+        if not load_rng_state(ckpt_dir / tag / RNG_STATE.format(rank=rank)):
+            log(f"rank {rank}: {tag} holds no RNG state for it (written by another layout or an older version): "
+                "its dropout masks will differ from an uninterrupted run's")
     if rank == 0:
         log(f"model {cfg.model.get('name')} {n_params} parameters ({n_trainable} trainable, {cfg.method}), "
             f"{batches.n} train sequences of {seq_len}"

@@ -67,3 +67,37 @@ def test_relaunch_after_kill_9_resumes_from_the_newest_sound_checkpoint(tiny_inp
     by_step = {m.step: m.value for m in history}
     assert first_loss < by_step[1] - 0.1  # weights were restored, not re-initialised
     assert by_step[120] < by_step[1]
+
+
+def _losses(lines: list[str]) -> dict[int, str]:
+    return {int(m.group(1)): m.group(2) for line in lines if (m := re.search(r"step (\d+)/\d+ loss ([\d.]+)", line))}
+
+
+def test_resumed_run_draws_the_same_dropout_masks_as_an_uninterrupted_one(tiny_inputs, tmp_path, cache_dir):
+    """GPT-2's dropout (0.1) draws on torch's RNG: with every rank's RNG state in the checkpoint, the steps after
+    a resume have exactly the losses of the same steps in a run that never stopped."""
+    import shutil
+
+    env = launcher.training_env(torch_extensions_dir=cache_dir / "torch_extensions", tmp_dir=tmp_path / "tmp",
+                                cache_dir=cache_dir / "xdg")
+
+    def run(ckpt) -> list[str]:
+        cfg = launcher.RunConfig(
+            run_name="rng", checkpoint_dir=str(ckpt), shard_dir=tiny_inputs["shard_dir"],
+            tokenizer_dir=tiny_inputs["tokenizer_dir"], model=TINY, nproc=2, zero_stage=2, micro_batch_size=4,
+            max_steps=12, save_every=4, keep_checkpoints=3, log_every=1, lr=3e-3, warmup_steps=2)
+        lines: list[str] = []
+        launcher.run(launcher.torchrun_command(cfg.write(ckpt / "run.json"), cfg.nproc), env, lines.append)
+        return lines
+
+    whole = run(tmp_path / "whole")
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole", resumed_dir)
+    for later in (checkpoints.tag_name(8), checkpoints.tag_name(12), "hf_final"):
+        shutil.rmtree(resumed_dir / later)
+    resumed = run(resumed_dir)
+    assert any("resumed from checkpoint" in line and "at step 4" in line for line in resumed), "\n".join(resumed[-20:])
+    assert not any("holds no RNG state" in line for line in resumed)
+    after = _losses(resumed)
+    assert sorted(after) == list(range(5, 13))
+    assert after == {s: loss for s, loss in _losses(whole).items() if s > 4}

@@ -381,8 +381,10 @@ class HealthConfig(dg.Config):
     rebuild_probe_set: bool = False
     """Draw the probe set anew from the current index; otherwise the stored one is reused unchanged."""
     recall_k: int = 5
-    min_recall: float = 0.6
+    min_recall: float = 0.0
     """recall@k on the probe set below this marks the vector DB unhealthy (the re-index sensor acts on it)."""
+    max_recall_drop: float = 0.2
+    """So does recall@k more than this below its baseline: what the probe set scored when first measured."""
     timeout_s: float = 3.0
 
 
@@ -407,15 +409,16 @@ def infra_health(context: dg.AssetExecutionContext, config: HealthConfig, settin
     probe_path = settings.dir("monitoring") / "vector_db_probes.json"
 
     def recall(table) -> dict:
-        probes = health.probe_set(probe_path, table, config.probe_set_size, rebuild=config.rebuild_probe_set)
-        return health.probe_recall(table, probes, config.recall_k)
+        return health.fixed_probe_recall(probe_path, table, config.probe_set_size, config.recall_k,
+                                         rebuild=config.rebuild_probe_set)
 
     rows = [health.http_health("gateway", "gateway", url, config.timeout_s),
             *health.replica_health(Path(serving.run_dir) / "routes.json", config.timeout_s),
             *health.process_health(serving.run_dir),
             health.vector_db_health(settings.dir("vector"), rag.TABLE, versioning.head(),
                                     (lambda t: rag.probe_latency(t, "health probe")) if config.probe_vector_query
-                                    else None, recall if config.probe_recall else None, config.min_recall),
+                                    else None, recall if config.probe_recall else None, config.min_recall,
+                                    config.max_recall_drop),
             health.mlflow_health(tracking.tracking_uri, config.timeout_s),
             health.lakehouse_health(lakehouse.root, [tables.REQUESTS, tables.FEEDBACK, METRICS_TABLE])]
     frame = pd.DataFrame(rows).assign(checked_at=datetime.now(timezone.utc))
@@ -442,7 +445,7 @@ def infra_health(context: dg.AssetExecutionContext, config: HealthConfig, settin
                   "vector_db_detail": next(r["detail"] for r in rows if r["kind"] == "vector_db"),
                   "vector_db": dg.MetadataValue.json(vector_numbers),
                   **{f"vector_db_{k}": dg.MetadataValue.float(float(vector_numbers[k]))
-                     for k in ("recall", "mrr") if k in vector_numbers},
+                     for k in ("recall", "mrr", "baseline_recall") if k in vector_numbers},
                   **({"vector_db_probe_set": dg.MetadataValue.path(str(probe_path))} if probe_path.exists() else {}),
                   "health": dg.MetadataValue.md(md)},
         check_results=results,

@@ -91,11 +91,28 @@ def probe_set(path: str | Path, table, size: int = 50, seed: int = 0, rebuild: b
               "made_at": datetime.now(timezone.utc).isoformat(), "seed": seed,
               "probes": [{"query": q.question, "passage_id": q.passage_id, "passage_hash": q.passage_hash}
                          for q in questions]}
+    _write_json(path, probes)
+    return probes
+
+
+def _write_json(path: Path, value: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(probes, indent=1))
+    tmp.write_text(json.dumps(value, indent=1))
     os.replace(tmp, path)
-    return probes
+
+
+def fixed_probe_recall(path: str | Path, table, size: int = 50, k: int = 5, rebuild: bool = False) -> dict:
+    """`probe_recall` on the probe set stored at `path`, with `baseline_recall`: the recall@k it had the first
+    time it was measured (stored in the probe file then), the yardstick for a later drop."""
+    path = Path(path)
+    probes = probe_set(path, table, size, rebuild=rebuild)
+    measured = probe_recall(table, probes, k)
+    baselines = probes.setdefault("baseline_recall", {})
+    if str(k) not in baselines:
+        baselines[str(k)] = measured["recall"]
+        _write_json(path, probes)
+    return {**measured, "baseline_recall": baselines[str(k)]}
 
 
 def probe_recall(table, probes: dict, k: int = 5) -> dict:
@@ -119,10 +136,12 @@ def probe_recall(table, probes: dict, k: int = 5) -> dict:
 
 def vector_db_health(uri: str | Path, table: str, latest_data_commit: str | None,
                      probe: Callable[[object], dict] | None = None,
-                     recall: Callable[[object], dict] | None = None, min_recall: float = 0.0) -> dict:
+                     recall: Callable[[object], dict] | None = None, min_recall: float = 0.0,
+                     max_recall_drop: float | None = None) -> dict:
     """The LanceDB index: opens, has rows, was built from the latest data commit; `probe(table)` (e.g.
     `rag.probe_latency`) measures a query; `recall(table)` (e.g. `probe_recall` on the fixed probe set) gives
-    {"recall", "recall_k", ...}, and a recall below `min_recall` (or a probe that fails) is unhealthy."""
+    {"recall", "recall_k", ...}, and a recall below `min_recall`, or more than `max_recall_drop` below its
+    `baseline_recall` (see `fixed_probe_recall`), or a probe that fails, is unhealthy."""
     import lancedb
 
     start = time.perf_counter()
@@ -155,12 +174,17 @@ def vector_db_health(uri: str | Path, table: str, latest_data_commit: str | None
                 problems.append(f"recall@{measured['recall_k']} {measured['recall']:.3f} on {measured['probes']} "
                                 f"fixed probes is below {min_recall} ({measured['probes_missing']} probe "
                                 "passages gone from the index)")
+            baseline = measured.get("baseline_recall")
+            if max_recall_drop is not None and baseline is not None and measured["recall"] < baseline - max_recall_drop:
+                problems.append(f"recall@{measured['recall_k']} {measured['recall']:.3f} on {measured['probes']} "
+                                f"fixed probes fell more than {max_recall_drop} below its baseline {baseline:.3f} "
+                                f"({measured['probes_missing']} probe passages gone from the index)")
     detail = "; ".join(problems) or f"{rows} rows from data commit {built_from}" + (
         f", recall@{measured['recall_k']} {measured['recall']:.3f}" if measured else "")
     return row("vector_db", "vector_db", not problems, detail, ms, rows=rows, data_commit=built_from,
                latest_data_commit=latest_data_commit, fresh=fresh,
                **{k: v for k, v in query.items() if k in ("embed_ms", "search_ms")},
-               **measured, **({"min_recall": min_recall} if recall else {}))
+               **measured, **({"min_recall": min_recall, "max_recall_drop": max_recall_drop} if recall else {}))
 
 
 def mlflow_health(tracking_uri: str, timeout: float = 3.0) -> dict:

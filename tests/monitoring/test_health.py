@@ -166,3 +166,19 @@ def test_infra_health_freezes_the_probe_set_and_low_recall_triggers_a_reindex(ho
         assert probes.read_text() == frozen
         (request,) = reindex(dg.build_sensor_context(instance=instance)).run_requests
         assert "vector DB unhealthy: recall@3" in request.tags["llmops/reason"]
+
+
+def test_vector_db_recall_drop_from_its_baseline_is_unhealthy(tmp_path):
+    vector, probes = tmp_path / "vector", tmp_path / "monitoring" / "probes.json"
+    topic_index(vector, "commit-a")
+    fixed = lambda t: health.fixed_probe_recall(probes, t, 20, k=3)  # noqa: E731
+    first = health.vector_db_health(vector, rag.TABLE, "commit-a", recall=fixed, max_recall_drop=0.2)
+    baseline = json.loads(probes.read_text())["baseline_recall"]["3"]
+    assert first["healthy"] and baseline == json.loads(first["numbers"])["recall"] >= 0.9
+    same = health.vector_db_health(vector, rag.TABLE, "commit-a", recall=fixed, max_recall_drop=0.2)
+    assert same["healthy"] and json.loads(same["numbers"])["baseline_recall"] == baseline
+
+    topic_index(vector, "commit-b", keep=range(4))  # 6 of the 10 probe passages gone
+    dropped = health.vector_db_health(vector, rag.TABLE, "commit-b", recall=fixed, max_recall_drop=0.2)
+    assert not dropped["healthy"] and f"fell more than 0.2 below its baseline {baseline:.3f}" in dropped["detail"]
+    assert json.loads(probes.read_text())["baseline_recall"] == {"3": baseline}  # the yardstick stays

@@ -108,6 +108,25 @@ def wait_for_run(instance: dg.DagsterInstance, job: str, sensor: str, after: flo
     raise TimeoutError(f"no {'finished ' if done else ''}run of {job} from {sensor} within {timeout_s:.0f}s")
 
 
+def wait_for_judgement(instance: dg.DagsterInstance, serving, after: float, timeout_s: float) -> dg.DagsterRun:
+    """The first canary_sensor run of `canary` created after `after`, once finished; or, when a run from before
+    already decided (no canary live and no canary run in flight), the newest finished one."""
+    from sensors.rollout import live_arms
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        records = instance.get_run_records(dg.RunsFilter(job_name="canary", tags={"llmops/sensor": "canary_sensor"}))
+        newer = [r for r in records if r.create_timestamp.timestamp() >= after]
+        if newer:
+            first = min(newer, key=lambda r: r.create_timestamp)
+            if first.dagster_run.is_finished:
+                return first.dagster_run
+        elif records and all(r.dagster_run.is_finished for r in records) and not live_arms(serving.current().routes):
+            return max(records, key=lambda r: r.create_timestamp).dagster_run
+        time.sleep(2)
+    raise TimeoutError(f"no canary run from canary_sensor judged the canary within {timeout_s:.0f}s")
+
+
 def created_at(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float:
     return instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
 
@@ -145,7 +164,7 @@ def run_loop(instance: dg.DagsterInstance, resources: dict, env: dict[str, str],
         for round_ in range(1, 6):  # until canary_analysis has enough traffic to decide
             answered = send_traffic(canary.url, NORMAL + SHIFTED, 160, None, f"user-round{round_}", serving.api_key)
             say(f"160 requests, answered by versions {dict(Counter(answered))}")
-            judged = wait_for_run(instance, "canary", "canary_sensor", time.time() - 1, 600)
+            judged = wait_for_judgement(instance, serving, time.time() - 1, 600)
             decision = instance.get_latest_materialization_event(dg.AssetKey("canary_analysis"))
             meta = {k: v.value for k, v in decision.asset_materialization.metadata.items()}
             say(f"canary run {judged.run_id} ({judged.status.value}): model {meta['model_decision']}, "

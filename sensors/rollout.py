@@ -32,6 +32,10 @@ def live_arms(routes: dict) -> list[str]:
     return arms
 
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
 def make_canary_sensor(interval_s: float = 300.0, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
     @dg.sensor(name="canary_sensor", job=canary_job, minimum_interval_seconds=minimum_interval_seconds,
                default_status=dg.DefaultSensorStatus.STOPPED)
@@ -46,6 +50,9 @@ def make_canary_sensor(interval_s: float = 300.0, minimum_interval_seconds: int 
         wait = cooling_down(state, interval_s, time.time())
         if wait > 0:
             return dg.SkipReason(f"{'; '.join(arms)} live; next analysis in {wait:.0f}s")
+        busy = context.instance.get_run_records(dg.RunsFilter(job_name=canary_job.name, statuses=IN_FLIGHT), limit=1)
+        if busy:  # one analysis at a time: a slow one must not pile up others behind it
+            return dg.SkipReason(f"{'; '.join(arms)} live; canary run {busy[0].dagster_run.run_id} still in flight")
         now = time.time()
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=f"canary-{now:.0f}", tags={

@@ -92,3 +92,17 @@ def test_data_commit_sensor_refreshes_once_per_new_commit(instance):
     assert request.run_key == "data-c2" and request.tags["llmops/data_commit"] == "c2"
     again = data_commit_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert "already requested" in again.skip_message
+
+
+def test_canary_sensor_waits_for_an_analysis_in_flight(instance, tmp_path):
+    @dg.job(name="canary")
+    def earlier_canary():
+        dg.op(name="noop")(lambda: None)()
+
+    serving = serving_with(tmp_path, canary(weights={"2": 0.1}))
+    run = instance.create_run_for_job(earlier_canary)  # not started yet: in flight
+    skipped = make_canary_sensor(interval_s=0)(dg.build_sensor_context(instance=instance, resources={"serving": serving}))
+    assert isinstance(skipped, dg.SkipReason) and f"canary run {run.run_id} still in flight" in skipped.skip_message
+    instance.report_run_failed(run)
+    result = make_canary_sensor(interval_s=0)(dg.build_sensor_context(instance=instance, resources={"serving": serving}))
+    assert len(result.run_requests) == 1

@@ -108,12 +108,21 @@ def build_model(cfg: RunConfig, tokenizer):
     return model
 
 
-def deepspeed_config(cfg: RunConfig) -> dict:
+DEEPSPEED_BUCKET = 500_000_000  # DeepSpeed's reduce/allgather bucket default, in elements
+
+
+def deepspeed_config(cfg: RunConfig, trainable_parameters: int = DEEPSPEED_BUCKET, backend: str = "nccl") -> dict:
+    # ZeRO 1/2 allocate a fresh reduce bucket every step: at the default 5e8 elements that is a 2 GB mapping
+    # whose touched pages fault in anew each step; a model smaller than that gets a bucket of its own size.
+    bucket = min(DEEPSPEED_BUCKET, max(trainable_parameters, 1_000_000))
+    # gloo has no native reduce-scatter: one all-reduce of the bucket costs less CPU than DeepSpeed's emulation.
+    reduce_scatter = backend != "gloo"
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum_steps,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": cfg.zero_stage, "reduce_bucket_size": bucket,
+                              "allgather_bucket_size": bucket, "reduce_scatter": reduce_scatter},
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": cfg.weight_decay,
             "torch_adam": True,  # DeepSpeed's fused CPU Adam would compile for ~45 s first
@@ -319,7 +328,7 @@ def train(cfg: RunConfig) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=trainable,
-                                                   config=deepspeed_config(cfg))
+                                                   config=deepspeed_config(cfg, n_trainable, get_accelerator().communication_backend_name()))
     teacher = None
     if cfg.teacher_dir:
         from llm_assets.optimization import distill

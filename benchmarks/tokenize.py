@@ -32,6 +32,8 @@ Measured on a 2-core machine that other work shares, 100 MB (73,183 documents, 3
 - with other work holding a core or more (load 3.4-6.1): ours 54.2 s, raw 34.3 s, `ratio 0.632`; two
   single runs at load 3.6-4.6 gave 0.603 and 0.611. Under load, raw's two threads lose more to the
   other work than Spark's JVM and Python workers do.
+With the C1-only driver JVM (resources/spark.py, 2026-12-06), quiet (load 0.5-1.9), `--rounds 3`, 100 MB
+(71,834 documents, 33,708,362 tokens): ours 32.2 s (53.4 CPU-s), raw 19.0 s (35.0 CPU-s), `ratio 0.591`.
 The goal of 0.8 is not met. Where ours' CPU goes (100 MB; CPU-s are steadier than seconds under load):
 JVM start-up 7.3-8.0 CPU-s (4.4 s when quiet); tokenizing into the cache: Python workers 37.6-40.0
 (raw: 33-36), the JVM 9.3-9.7, of which ~7.5 is first-query warm-up (`--mb 5` costs it as much); sort

@@ -39,6 +39,9 @@ with the other work's load (by up to 2× between launches of one side): tiny-gpt
 - the same, steps 70-400 timed (load 11-15): ours 3,731, DDP 3,613, `ratio 1.033`;
 - 4 launches × 250 steps a side, steps 70-250 timed (load 4-15): ours 5,598, DDP 5,351, `ratio 1.046`.
 Start-up and the final checkpoint cost ours 6-17 s more a launch (not timed).
+After the worker sized ZeRO's buckets to the model and used an all-reduce on gloo (2026-12-06), on an idle
+machine (load 0.5-2.0), 2 launches × 250 steps a side, steps 70-250 timed: ours 12,442 tokens/s, DDP 12,359,
+`ratio 1.007`; final losses equal.
 
 CPU time a step is steadier than wall time here. With both trainings built in the same two processes and
 run in alternating 10-step chunks (a separate probe, 3 runs of 8-12 rounds): DDP 147.6-168.7 ms a step,

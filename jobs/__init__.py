@@ -6,6 +6,8 @@ import os
 
 import dagster as dg
 
+from resources.tracking import TrackingResource
+
 
 def executor_from_env(env: dict[str, str] | None = None) -> dg.ExecutorDefinition | None:
     """LLMOPS_EXECUTOR: `k8s` puts each step in its own Kubernetes pod (dagster-k8s's k8s_job_executor; give the
@@ -45,10 +47,28 @@ redeploy_job = dg.define_asset_job(
     description="Start the serving processes for the current model version again.",
 )
 
-continuous_evaluation_schedule = dg.ScheduleDefinition(
-    name="continuous_evaluation", job=evaluation_job, cron_schedule="0 */6 * * *",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
+evaluate_promoted_job = dg.define_asset_job(
+    "evaluate_promoted", selection=dg.AssetSelection.assets("exported_model") | dg.AssetSelection.groups("evaluation"),
+    description="Evaluate the promoted model version (exported_model restores it from the registry with "
+                "restore_version): after a rollback or a rejected canary it is not the newest export.",
 )
+
+
+@dg.schedule(name="continuous_evaluation", job=evaluate_promoted_job, cron_schedule="0 */6 * * *",
+             default_status=dg.DefaultScheduleStatus.STOPPED)
+def continuous_evaluation_schedule(context: dg.ScheduleEvaluationContext, tracking: TrackingResource):
+    """Every 6 hours: the promoted version of the exported model, on the fixed held-out set and the newest shards."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("exported_model"))
+    if event is None or event.asset_materialization is None:
+        return dg.SkipReason("no model was exported yet")
+    name = event.asset_materialization.metadata["registered_name"].value
+    promoted = tracking.promoted_version(name)
+    if promoted is None:
+        return dg.SkipReason(f"no version of {name} is promoted yet")
+    return dg.RunRequest(
+        run_config={"ops": {"exported_model": {"config": {"registered_name": name, "restore_version": promoted}}}},
+        tags={"llmops/schedule": "continuous_evaluation",
+              "llmops/reason": f"scheduled evaluation of promoted {name} v{promoted}", "llmops/model_version": promoted})
 
 # Monitoring loop (sensors/monitoring.py): a fine-tuning dataset from good feedback; the RAG index rebuilt.
 feedback_dataset_job = dg.define_asset_job(
@@ -91,6 +111,6 @@ monitoring_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
-all_jobs = [lifecycle_job, curation_job, retrain_job, evaluation_job, redeploy_job, feedback_dataset_job, reindex_job,
-            optimization_job, canary_job, rollback_job, prompt_rollout_job, data_refresh_job, monitoring_job]
+all_jobs = [lifecycle_job, curation_job, retrain_job, evaluation_job, evaluate_promoted_job, redeploy_job,
+            feedback_dataset_job, reindex_job, optimization_job, canary_job, rollback_job, prompt_rollout_job, data_refresh_job, monitoring_job]
 all_schedules = [continuous_evaluation_schedule, monitoring_schedule]

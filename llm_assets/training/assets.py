@@ -94,6 +94,9 @@ class ExportConfig(dg.Config):
     registered_name: str = "llmops-demo"
     prompt: str = "The"
     max_new_tokens: int = 8
+    restore_version: str = ""
+    """A registered version to make current again instead of exporting trained_checkpoint (the
+    continuous_evaluation schedule names the promoted one, so evaluation follows rollbacks and rejected canaries)."""
 
 
 @dg.asset(group_name="training", kinds={"yaml"})
@@ -310,8 +313,11 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
 @dg.asset(group_name="training", kinds={"huggingface", "mlflow"})
 def exported_model(context: dg.AssetExecutionContext, config: ExportConfig, trained_checkpoint: TrainedCheckpoint,
                    settings: SettingsResource, tracking: TrackingResource) -> dg.Output[ExportedModel]:
-    """The trained model as a Hugging Face directory, verified to load and generate, registered in MLflow."""
+    """The trained model as a Hugging Face directory, verified to load and generate, registered in MLflow; or,
+    with `restore_version`, that registered version again."""
     store = settings.dir("models", config.registered_name)
+    if config.restore_version:
+        return _restore_registered(context, config, store, settings, tracking)
     staging = export.copy_model(trained_checkpoint.model_dir, store / f".staging-{trained_checkpoint.mlflow_run_id}")
     try:
         sample = export.smoke_test(staging, config.prompt, config.max_new_tokens)
@@ -336,3 +342,22 @@ def exported_model(context: dg.AssetExecutionContext, config: ExportConfig, trai
         "mlflow_run_id": trained_checkpoint.mlflow_run_id,
         "data_commit": trained_checkpoint.data_commit,
     })
+
+
+def _restore_registered(context: dg.AssetExecutionContext, config: ExportConfig, store: Path,
+                        settings: SettingsResource, tracking: TrackingResource) -> dg.Output[ExportedModel]:
+    """Registered version `restore_version` as the current exported model: its export under `store` when it is
+    still there, else its MLflow artifact; run id and data commit from its training run."""
+    name, version = config.registered_name, config.restore_version
+    client = tracking.client()
+    registered = client.get_model_version(name, version)
+    local = store / f"v{version}"
+    path = str(local) if (local / "config.json").exists() else tracking.model_dir(
+        name, version, settings.path("models", "registry"))
+    data_commit = client.get_run(registered.run_id).data.tags.get("data_commit", "") if registered.run_id else ""
+    context.log.info(f"restored {name} v{version} from the registry: {path}")
+    model = ExportedModel(path=path, registered_name=name, version=str(version), mlflow_run_id=registered.run_id or "",
+                          data_commit=data_commit)
+    return dg.Output(model, metadata={"model_dir": dg.MetadataValue.path(path), "registered_name": name,
+                                      "version": str(version), "restored": True,
+                                      "mlflow_run_id": model.mlflow_run_id, "data_commit": data_commit})

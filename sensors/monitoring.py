@@ -140,7 +140,7 @@ def make_retrain_sensor(cooldown_s: float = 3600.0, minimum_interval_seconds: in
     return monitoring_retrain_sensor
 
 
-_BUILDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
 
@@ -182,7 +182,7 @@ def make_feedback_sensor(min_new_feedback: int = 50, cooldown_s: float = 3600.0,
             return None, {"feedback_dataset": storage_id}, f"feedback_dataset build {storage_id} has no examples"
         # the events below stay unconsumed: the newest build acts once nothing holds it
         in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=feedback_dataset_job.name,
-                                                                   statuses=_BUILDING))
+                                                                   statuses=IN_FLIGHT))
         if building or in_flight:
             return None, {}, f"a newer feedback_dataset is being built; v{version} waits for it"
         wait = cooling_down(state, cooldown_s, clock(), "last_fine_tune_at")

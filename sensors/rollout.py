@@ -16,7 +16,7 @@ import dagster as dg
 from jobs import canary_job, data_refresh_job, prompt_rollout_job
 from llm_assets.deployment import prompts
 from resources.serving import ServingResource
-from sensors.monitoring import _latest, cooling_down, load_cursor
+from sensors.monitoring import IN_FLIGHT, _latest, cooling_down, load_cursor
 
 
 def live_arms(routes: dict) -> list[str]:
@@ -30,10 +30,6 @@ def live_arms(routes: dict) -> list[str]:
         if len(live) > 1:
             arms.append(f"prompt {prompt} versions {', '.join(sorted(live))}")
     return arms
-
-
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED]
 
 
 def make_canary_sensor(interval_s: float = 300.0, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:

@@ -20,6 +20,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,16 +56,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size < 2**16 else np.dtype("<u4")
 
 
-def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int, validation_fraction: float,
-                       seed: int = 0, dtype: str = "<u4") -> DataFrame:
-    """doc_id, split, text_sha, ids (token ids + EOS as little-endian `dtype` bytes), tokenized on the executors.
+def _batch_encoder(tokenizer_json: str, eos_id: int, validation_fraction: float, seed: int, dtype: str):
+    """The executors' function: Arrow batches of (doc_id, text) in, batches of `_TOKENIZED_SCHEMA` out.
 
-    Arrow batches in and out (mapInArrow): each batch's ids are filled into one array and handed to
-    Arrow as a binary column, with no Python object per token. Each task encodes on its one core
-    (`encode`, not `encode_batch`, whose thread pool per Python worker would oversubscribe the
-    executor: N tasks × N threads). `tokenizer_json` (the file's text) travels in the function's
-    closure, so each Python worker builds the tokenizer once per partition; this works the same on
-    Spark Connect, where SparkContext.broadcast does not exist.
+    Each batch's ids are filled into one array and handed to Arrow as a binary column, with no Python
+    object per token. Each task encodes on its one core (`encode`, not `encode_batch`, whose thread pool
+    per Python worker would oversubscribe the executor: N tasks × N threads). `tokenizer_json` (the
+    file's text) travels in the function's closure, so each Python worker builds the tokenizer once per
+    partition; this works the same on Spark Connect, where SparkContext.broadcast does not exist.
     """
 
     def encode(batches: Iterator) -> Iterator:
@@ -97,7 +96,74 @@ def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int, valida
                 pa.Array.from_buffers(pa.binary(), len(doc_ids), [None, pa.py_buffer(offsets), pa.py_buffer(ids)]),
             ], names=["doc_id", "split", "text_sha", "ids"])
 
+    return encode
+
+
+def tokenize_documents(docs: DataFrame, tokenizer_json: str, eos_id: int, validation_fraction: float,
+                       seed: int = 0, dtype: str = "<u4") -> DataFrame:
+    """doc_id, split, text_sha, ids (token ids + EOS as little-endian `dtype` bytes), tokenized on the executors."""
+    encode = _batch_encoder(tokenizer_json, eos_id, validation_fraction, seed, dtype)
     return docs.select("doc_id", "text").mapInArrow(encode, _TOKENIZED_SCHEMA)
+
+
+def spill_tokenized(docs: DataFrame, spill_dir: str | Path, tokenizer_json: str, eos_id: int,
+                    validation_fraction: float, seed: int = 0, dtype: str = "<u4") -> list[str]:
+    """Tokenize on the executors, each task writing its batches (`_TOKENIZED_SCHEMA`) to an Arrow IPC file
+    in `spill_dir`, a directory the executors and the driver share; returns the files.
+
+    Only the file names pass through Spark: the tokens skip the JVM, its cache and a sort. Each task
+    attempt writes a file of its own, so a retried task's leftovers are never listed.
+    """
+    encode = _batch_encoder(tokenizer_json, eos_id, validation_fraction, seed, dtype)
+    spill_dir = str(spill_dir)
+
+    def spill(batches: Iterator) -> Iterator:
+        import uuid as _uuid
+
+        import pyarrow as pa
+
+        path, sink, writer = f"{spill_dir}/{_uuid.uuid4().hex}.arrow", None, None
+        try:
+            for batch in encode(batches):
+                if writer is None:
+                    sink = pa.OSFile(path, "wb")
+                    writer = pa.ipc.new_file(sink, batch.schema)
+                writer.write_batch(batch)
+        finally:
+            if writer is not None:
+                writer.close()
+                sink.close()
+        if writer is not None:
+            yield pa.RecordBatch.from_pydict({"file": [path]})
+
+    return [r.file for r in docs.select("doc_id", "text").mapInArrow(spill, "file string").collect()]
+
+
+def read_spilled_in_order(files: list[str], dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(split, ids) of the documents in `spill_tokenized`'s files, memory-mapped, in the order Spark's
+    `orderBy("split", "doc_id", "text_sha")` gives (UTF-8 byte order, nulls first)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    batches = [b for f in files for b in pa.ipc.open_file(pa.memory_map(f)).read_all().to_batches() if b.num_rows]
+    if not batches:
+        return
+    keys = pa.table({
+        **{k: pa.chunked_array([b.column(k) for b in batches]) for k in ("split", "doc_id", "text_sha")},
+        "batch": np.repeat(np.arange(len(batches)), [b.num_rows for b in batches]),
+        "row": np.concatenate([np.arange(b.num_rows) for b in batches]),
+    })
+    order = pc.sort_indices(keys, sort_keys=[(k, "ascending", "at_start") for k in ("split", "doc_id", "text_sha")])
+    ids = []
+    for b in batches:
+        column = b.column("ids")
+        offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + len(column) + 1]
+        ids.append((offsets, column.buffers()[2]))
+    for split, batch, row in zip(keys["split"].take(order).to_pylist(), keys["batch"].take(order).to_numpy(),
+                                 keys["row"].take(order).to_numpy()):
+        offsets, data = ids[batch]
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        yield split, np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
 
 
 class _SplitWriter:
@@ -221,17 +287,41 @@ def build_shards(docs: DataFrame, tokenizer_dir: str | Path, out_dir: str | Path
     tokenizer_json = tok_path.read_text()
     vocab_size = tok.get_vocab_size()
     dtype = token_dtype(vocab_size)
-    tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed, dtype.str).persist()
-    try:
-        # text_sha breaks doc_id ties, so even a duplicated doc_id cannot make the order depend on partitions
-        ordered = tokenized.orderBy("split", "doc_id", "text_sha").select("split", "ids")
-        rows = ordered.toLocalIterator(prefetchPartitions=True)  # tokens of one partition while Spark sorts the next
-        stream = ((row.split, np.frombuffer(row.ids, dtype=dtype)) for row in rows)
-        header = {"tokenizer_sha256": file_sha256(tok_path),
-                  "data_commit": data_commit, "seed": seed, "validation_fraction": validation_fraction,
-                  "eos_token_id": eos_id}
+    header = {"tokenizer_sha256": file_sha256(tok_path), "data_commit": data_commit, "seed": seed,
+              "validation_fraction": validation_fraction, "eos_token_id": eos_id}
+    out_dir = Path(out_dir)
+    with _tokenized_in_order(docs, out_dir.parent / f".tokenized-{out_dir.name}-{uuid.uuid4().hex[:8]}",
+                             tokenizer_json, eos_id, validation_fraction, seed, dtype) as stream:
         return pack_shards(stream, out_dir, seq_len=seq_len, sequences_per_shard=sequences_per_shard,
                            vocab_size=vocab_size, header=header)
+
+
+@contextmanager
+def _tokenized_in_order(docs: DataFrame, spill_dir: Path, tokenizer_json: str, eos_id: int,
+                        validation_fraction: float, seed: int, dtype: np.dtype):
+    """(split, ids) of every document, in the shards' order: split, doc_id, then text_sha, which breaks
+    doc_id ties so even a duplicated doc_id cannot make the order depend on partitions.
+
+    On a local master the executors spill to `spill_dir` (see `spill_tokenized`). Elsewhere they may run
+    on other machines, so the tokens come through Spark: cached, sorted, one partition at a time.
+    """
+    try:
+        local = docs.sparkSession.sparkContext.master.startswith("local")
+    except AttributeError:  # Spark Connect: its executors may run anywhere
+        local = False
+    if local:
+        spill_dir.mkdir(parents=True)
+        try:
+            files = spill_tokenized(docs, spill_dir, tokenizer_json, eos_id, validation_fraction, seed, dtype.str)
+            yield read_spilled_in_order(files, dtype)
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+        return
+    tokenized = tokenize_documents(docs, tokenizer_json, eos_id, validation_fraction, seed, dtype.str).persist()
+    try:
+        ordered = tokenized.orderBy("split", "doc_id", "text_sha").select("split", "ids")
+        rows = ordered.toLocalIterator(prefetchPartitions=True)  # tokens of one partition while Spark sorts the next
+        yield ((row.split, np.frombuffer(row.ids, dtype=dtype)) for row in rows)
     finally:
         tokenized.unpersist()
 

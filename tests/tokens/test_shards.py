@@ -31,6 +31,7 @@ def test_shards_byte_identical_across_partitioning_and_runs(spark, tok_dir, tmp_
     again = build(spark, tok_dir, tmp_path / "again", partitions=4)
     assert files(one.path) == files(four.path) == files(again.path)
     assert one.manifest_sha256 == four.manifest_sha256 == again.manifest_sha256
+    assert not list(tmp_path.glob(".tokenized-*"))  # the executors' spill files are gone
 
     m = json.loads((one.path / "manifest.json").read_text())
     assert m["seq_len"] == 32 and m["dtype"] == "uint16" and m["data_commit"] == "c0ffee"
@@ -64,6 +65,21 @@ def test_tokenize_documents_gives_each_documents_ids_then_eos(spark, tok_dir, dt
         expected = tok.encode(texts[r.doc_id] or "", add_special_tokens=False).ids + [eos]
         assert np.frombuffer(r.ids, dtype=dtype).tolist() == expected
         assert r.split == shards.assign_split(r.doc_id, 0.2)
+
+
+def test_spilled_documents_come_back_in_the_order_spark_sorts_them(spark, tok_dir, tmp_path):
+    # duplicated, non-ASCII, empty and null doc ids: the driver's sort of the spilled keys must be orderBy's
+    rows = corpus_rows(40) + [("dup", "first text"), ("dup", "second text"), ("é-doc", "accent"),
+                              ("Z-doc", "upper case"), ("", "empty id"), (None, "no id")]
+    df = spark.createDataFrame(rows, "doc_id string, text string").repartition(3)
+    tokenizer_json = (tok_dir / "tokenizer.json").read_text()
+    eos = bpe.load_tokenizer(tok_dir).token_to_id(bpe.EOS_TOKEN)
+    files = shards.spill_tokenized(df, tmp_path, tokenizer_json, eos, 0.2, dtype="<u2")
+    assert len(files) == 3 and sorted(files) == sorted(str(p) for p in tmp_path.iterdir())
+    spilled = [(split, ids.tolist()) for split, ids in shards.read_spilled_in_order(files, np.dtype("<u2"))]
+    ordered = shards.tokenize_documents(df, tokenizer_json, eos, 0.2, dtype="<u2").orderBy("split", "doc_id", "text_sha")
+    assert spilled == [(r.split, np.frombuffer(r.ids, "<u2").tolist()) for r in ordered.collect()]
+    assert len(spilled) == len(rows)
 
 
 def test_split_is_a_stable_hash_of_doc_id():

@@ -59,7 +59,8 @@ def build_resources(env: dict[str, str] | None = None) -> dict:
                                      cache_dir=env.get("LLMOPS_CACHE", ""), storage_uri=storage_uri, **s3),
         "spark": SparkResource(master=env.get("SPARK_MASTER", "local[*]"),
                                conf={**SparkResource().conf, **spark_conf(env.get("LLMOPS_SPARK_CONF", ""))},
-                               scratch_dir=str(home / "tmp" / "spark")),
+                               scratch_dir=str(home / "tmp" / "spark"),
+                               class_data_sharing=env.get("LLMOPS_SPARK_CDS", "1") != "0"),
         "lakehouse": LakehouseResource(root=f"{storage_uri.rstrip('/')}/lakehouse" if storage_uri
                                        else str(home / "lakehouse"),
                                        staging_dir=str(home / "tmp" / "lakehouse"), **s3),

@@ -42,7 +42,8 @@ def _spark_env(tmp: Path) -> dict[str, str]:
     (tmp / "conf").mkdir(parents=True, exist_ok=True)  # no spark-defaults.conf or log4j from elsewhere
     return {**env, "SPARK_HOME": str(SPARK_HOME), "SPARK_CONF_DIR": str(tmp / "conf"),
             "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp / "logs"), "SPARK_PID_DIR": str(tmp),
-            "SPARK_LOCAL_DIRS": str(tmp / "local"), "SPARK_DAEMON_JAVA_OPTS": "-XX:-UsePerfData", "TMPDIR": str(tmp)}
+            "SPARK_LOCAL_DIRS": str(tmp / "local"), "SPARK_DAEMON_JAVA_OPTS": "-XX:-UsePerfData", "TMPDIR": str(tmp),
+            "LLMOPS_SPARK_CDS": "0"}  # a class archive fits one SPARK_CONF_DIR: not worth building for a test's
 
 
 class Daemon:

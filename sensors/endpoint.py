@@ -14,7 +14,7 @@ import dagster as dg
 import httpx
 
 from jobs import redeploy_job, rollback_job
-from sensors.monitoring import cooling_down, load_cursor
+from sensors.monitoring import cooling_down, load_cursor, metadata_values
 
 ENDPOINT_METRICS = dg.AssetKey("endpoint_metrics")
 ENDPOINT = dg.AssetKey("endpoint")
@@ -71,10 +71,6 @@ def previous_baseline(earlier: list[dict], version: str, skip: list[str], last_n
     return previous, {k: statistics.median(v) for k, v in numbers.items() if v}
 
 
-def _metadata(record) -> dict:
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
-
-
 def make_live_regression_sensor(limits: RegressionThresholds = RegressionThresholds(), cooldown_s: float = 1800.0,
                                 history: int = 200, minimum_interval_seconds: int = 60,
                                 clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
@@ -88,13 +84,13 @@ def make_live_regression_sensor(limits: RegressionThresholds = RegressionThresho
         records = context.instance.fetch_materializations(ENDPOINT_METRICS, limit=history).records
         if not records or records[0].storage_id <= state.get("endpoint_metrics", 0):
             return dg.SkipReason("no new endpoint_metrics measurement")
-        event, current = records[0].storage_id, _metadata(records[0])
+        event, current = records[0].storage_id, metadata_values(records[0])
         consumed = json.dumps({**state, "endpoint_metrics": event})
         version = sole_version(current)
         if version is None:
             return dg.SensorResult(skip_reason=f"measurement {event} saw versions {current.get('model_versions')}, "
                                                f"not one version serving alone", cursor=consumed)
-        previous, baseline = previous_baseline([_metadata(r) for r in records[1:]], version,
+        previous, baseline = previous_baseline([metadata_values(r) for r in records[1:]], version,
                                                state.get("rolled_back", []))
         if previous is None:
             return dg.SensorResult(skip_reason=f"no earlier measurement of another version serving alone before "
@@ -135,7 +131,7 @@ def endpoint_health_sensor(context: dg.SensorEvaluationContext):
     records = context.instance.fetch_materializations(ENDPOINT, limit=1).records
     if not records:
         return dg.SkipReason("nothing deployed yet")
-    url = _metadata(records[0])["url"]
+    url = metadata_values(records[0])["url"]
     healthy, seen = endpoint_is_healthy(url)
     if healthy:
         return dg.SkipReason(seen)

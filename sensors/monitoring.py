@@ -24,12 +24,16 @@ def load_cursor(cursor: str | None) -> dict:
     return json.loads(cursor) if cursor else {}
 
 
+def metadata_values(record: dg.EventLogRecord) -> dict:
+    """A materialization record's metadata as plain values."""
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
 def _latest(context: dg.SensorEvaluationContext, asset: str):
     records = context.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
     if not records:
         return None, {}
-    meta = records[0].asset_materialization.metadata
-    return records[0].storage_id, {k: v.value for k, v in meta.items()}
+    return records[0].storage_id, metadata_values(records[0])
 
 
 def _require(meta: dict, keys: tuple[str, ...], asset: str, storage_id: int) -> None:
@@ -75,7 +79,7 @@ def promoted_export(context: dg.SensorEvaluationContext, search: int = 100) -> t
         if sid is not None and meta.get(key) not in (None, "", "none"):
             served.append((sid, meta[key]))
     records = context.instance.fetch_materializations(dg.AssetKey("exported_model"), limit=search).records
-    exports = [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records]
+    exports = [metadata_values(r) for r in records]
     if not exports:
         return None, "no exported_model materialization to fine-tune"
     if not served:
@@ -171,7 +175,7 @@ def make_feedback_sensor(min_new_feedback: int = 50, cooldown_s: float = 3600.0,
         if not records or records[0].storage_id <= state.get("feedback_dataset", 0):
             return None, {}, "no new feedback_dataset build"
         storage_id = records[0].storage_id
-        meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+        meta = metadata_values(records[0])
         run = context.instance.get_run_by_id(records[0].run_id) if records[0].run_id else None
         if run is None or run.job_name != feedback_dataset_job.name:  # e.g. retrain rebuilds it: no new feedback
             return None, {"feedback_dataset": storage_id}, (f"feedback_dataset event {storage_id} is not from a "

@@ -26,6 +26,8 @@ from pathlib import Path
 
 BUILD = "import sys; from resources.spark_cds import build; build(sys.argv[1])"
 """`python -c BUILD <archive>`: a build in a process of its own, which stops its JVM to write the archive."""
+CHECK = "import sys; from resources.spark_cds import check; check(sys.argv[1])"
+"""`python -c CHECK <archive>`: exits non-zero unless a new JVM maps the archive."""
 LOCK_STALE_S = 900
 """A build's lock older than this is from a build that died: the next session may start another."""
 
@@ -141,8 +143,7 @@ def build(path: str | Path) -> None:
             _stop_jvm(spark)
         if not tmp.exists():
             raise RuntimeError(f"the JVM wrote no archive at {tmp}")
-        check = subprocess.run([sys.executable, "-c", "import sys; from resources.spark_cds import check; check(sys.argv[1])",
-                                str(tmp)], capture_output=True, text=True, timeout=600)
+        check = subprocess.run([sys.executable, "-c", CHECK, str(tmp)], capture_output=True, text=True, timeout=600)
         if check.returncode != 0:
             raise RuntimeError(f"a JVM could not map {tmp}: {check.stdout[-2000:]}{check.stderr[-2000:]}")
         tmp.rename(path)

@@ -26,8 +26,8 @@ def cache(tmp_path_factory):
         mp.setenv("XDG_CACHE_HOME", str(cache))
         archive = spark_cds.archive_path()
     archive.parent.mkdir(parents=True)
-    subprocess.run([sys.executable, "-c", spark_cds.BUILD, str(archive)], env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-                   check=True, capture_output=True, timeout=900)
+    subprocess.run([sys.executable, "-c", spark_cds.BUILD, str(archive)], check=True, capture_output=True,
+                   env={**os.environ, "XDG_CACHE_HOME": str(cache)}, timeout=900)
     return cache
 
 
@@ -41,7 +41,8 @@ def classes_loaded(cache, tmp_path, sharing: bool) -> list[str]:
 def test_a_new_session_maps_spark_classes_from_the_archive(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     archive = spark_cds.archive_path()
-    assert archive.exists() and not archive.with_suffix(".lock").exists() and not archive.with_suffix(".failed").exists()
+    assert archive.exists()
+    assert not archive.with_suffix(".lock").exists() and not archive.with_suffix(".failed").exists()
     assert spark_cds.driver_java_options() == spark_cds.share_options(archive)
 
     shared = [line for line in classes_loaded(cache, tmp_path, True) if "shared objects file (top)" in line]
@@ -53,8 +54,7 @@ def test_a_truncated_archive_fails_the_check_that_guards_its_rename(cache, tmp_p
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     truncated = tmp_path / "truncated.jsa"
     truncated.write_bytes(spark_cds.archive_path().read_bytes()[:1_000_000])  # a JVM mapping this dies of SIGBUS
-    check = subprocess.run([sys.executable, "-c", "import sys; from resources.spark_cds import check; check(sys.argv[1])",
-                            str(truncated)], capture_output=True, timeout=600)
+    check = subprocess.run([sys.executable, "-c", spark_cds.CHECK, str(truncated)], capture_output=True, timeout=600)
     assert check.returncode != 0
 
 

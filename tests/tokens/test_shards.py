@@ -77,8 +77,9 @@ def test_spilled_documents_come_back_in_the_order_spark_sorts_them(spark, tok_di
     files = shards.spill_tokenized(df, tmp_path, tokenizer_json, eos, 0.2, dtype="<u2")
     assert len(files) == 3 and sorted(files) == sorted(str(p) for p in tmp_path.iterdir())
     spilled = [(split, ids.tolist()) for split, ids in shards.read_spilled_in_order(files, np.dtype("<u2"))]
-    ordered = shards.tokenize_documents(df, tokenizer_json, eos, 0.2, dtype="<u2").orderBy("split", "doc_id", "text_sha")
-    assert spilled == [(r.split, np.frombuffer(r.ids, "<u2").tolist()) for r in ordered.collect()]
+    tokenized = shards.tokenize_documents(df, tokenizer_json, eos, 0.2, dtype="<u2")
+    ordered = tokenized.orderBy("split", "doc_id", "text_sha").collect()
+    assert spilled == [(r.split, np.frombuffer(r.ids, "<u2").tolist()) for r in ordered]
     assert len(spilled) == len(rows)
 
 

@@ -6,7 +6,8 @@ Measured: tokens per second from the same texts, with the same tokenizer, on the
   the Parquet file read with `spark.read.schema(...).parquet`, as `Lakehouse.read` reads a table's files, on
   Spark `local[*]` with `SparkResource`'s default conf, to the shards and manifest written. Each run
   is a fresh interpreter (the JVM of a classic session outlives `spark.stop()`), and its clock starts
-  before the SparkSession is created, so JVM start-up counts.
+  before the SparkSession is created, so JVM start-up counts. The machine's Spark class archive
+  (resources/spark_cds.py), which a first session builds in the background, is built before either clock.
 - raw (baseline): `Tokenizer.encode_batch` (`add_special_tokens=False`, as ours) in this process over
   the texts, already in memory as Python strings, 10,000 at a time (Spark's Arrow batch), tokens
   counted with `len(encoding)`; `tokenizers` spreads each batch over all cores itself (RAYON default
@@ -15,7 +16,8 @@ Measured: tokens per second from the same texts, with the same tokenizer, on the
 The same on both sides:
 - the texts (`corpus.corpus_of_mb`): docs and docstrings of this venv's packages (45,557 documents,
   62.8 MB of text here), then the same documents again under new ids (`<id>#copy1`) up to `--mb` MB
-  of UTF-8 text, so 100 MB is 73,183 documents, 38% of them copies; a smaller `--mb` is a
+  of UTF-8 text, so 100 MB was 71,834 documents on 2026-12-06 (73,183 before: the count follows the
+  venv's packages), over a third of them copies; a smaller `--mb` is a
   hash-ordered sample of distinct documents. Written once, before either clock, as one Parquet file
   (doc_id, text) in row groups of 1,000 documents, which Spark splits in two (54% / 46% of the text).
 - the tokenizer: byte-level BPE, vocab 4096 (`TokenizerConfig`'s default), trained with
@@ -25,25 +27,21 @@ The same on both sides:
   back from the manifest: shard tokens + dropped tail − documents, and must equal raw's).
 CPU-s is the CPU time of the side's processes (this one, and for ours the JVM and Python workers).
 
-Measured on a 2-core machine that other work shares, 100 MB (73,183 documents, 36,186,686 tokens),
-`--rounds 3`, medians:
-- at its quietest (`uptime` load average 1.6-2.3, this run's own included): ours 32.7 s (1,108,261
-  tokens/s, 58.0 CPU-s), raw 17.8 s (2,034,130 tokens/s, 33.2 CPU-s), `ratio 0.545`;
-- with other work holding a core or more (load 3.4-6.1): ours 54.2 s, raw 34.3 s, `ratio 0.632`; two
-  single runs at load 3.6-4.6 gave 0.603 and 0.611. Under load, raw's two threads lose more to the
-  other work than Spark's JVM and Python workers do.
-With the C1-only driver JVM (resources/spark.py, 2026-12-06), quiet (load 0.5-1.9), `--rounds 3`, 100 MB
-(71,834 documents, 33,708,362 tokens): ours 32.2 s (53.4 CPU-s), raw 19.0 s (35.0 CPU-s), `ratio 0.591`.
-The goal of 0.8 is not met. Where ours' CPU goes (100 MB; CPU-s are steadier than seconds under load):
-JVM start-up 7.3-8.0 CPU-s (4.4 s when quiet); tokenizing into the cache: Python workers 37.6-40.0
-(raw: 33-36), the JVM 9.3-9.7, of which ~7.5 is first-query warm-up (`--mb 5` costs it as much); sort
-and stream to the driver 5.7-6.6; packing 0.3-0.6. About 18 CPU-s are fixed (`--mb 5`: ours 18.6-20,
-raw 1.6-1.8), most of the ~25 that ours spends beyond raw at 100 MB. 0.8 on the quiet machine means
-ours in ~22 s, ~44 CPU-s with both cores busy: ~11 beyond raw, less than JVM start-up and warm-up
-alone. Before the mapInArrow rewrite of `shards.tokenize_documents` (pandas rows of int arrays, rayon
-threads in each Python worker, a Python int per token on the driver), `build_shards` took 70-77 CPU-s
-here, the new code 58-66 (old and new alternating in fresh processes, five pairs at load 3-6; in the
-quietest pair, load ~3, 40.6 s old and 32.5 s new; under more load the seconds went either way).
+Measured on a 2-core machine that other work shares, 100 MB (71,834 documents, 33,708,362 tokens),
+`--rounds 3`, medians, quiet (load average 0.5-2.2, this run's own included), 2026-12-06:
+- now (executors spill their tokens to Arrow files on a local master, the driver JVM maps a class archive):
+  four runs gave `ratio` 0.785, 0.831, 0.757 and 0.815; e.g. ours 25.5 s (44.1 CPU-s) against raw 19.3 s
+  (35.6 CPU-s), and ours 29.2 s (50.5) against raw 23.8 s (44.4) while the machine was slower. The goal of
+  0.8 is met by half the runs: the median of the four is 0.800.
+- before, the same day (the tokens cached in the JVM, sorted by Spark and streamed to the driver, no class
+  archive): ours 32.2 s (53.4 CPU-s), raw 19.0 s (35.0 CPU-s), `ratio 0.591`; 0.545 before the C1-only JIT.
+Where ours' time goes now (`local[*]`, two Parquet splits): the session 1.8-2.2 s; the first Python job
+~2 s from `collect` to the tasks' first batch (the JVM's first query ~1.2 s, the Python daemon); the two
+tasks tokenize 18-20 CPU-s each, as raw's per-token work (a single-thread `encode` costs ~1,060 ns/token,
+`encode_batch` on 2 threads ~1,240 CPU-ns/token), and the one with 54% of the text ends ~2 s after the
+other; the driver sorts the keys and packs in ~0.7 s. More, smaller splits (`spark.sql.files.minPartitionNum`
+6-12) did not measurably shorten the job. Single-core speed here swings by ±20% from minute to minute, so
+only ratios within one run compare.
 
     .venv/bin/python benchmarks/tokenize.py               # 100 MB: ~1 min on a quiet machine, after the corpus
     .venv/bin/python benchmarks/tokenize.py --mb 5        # a quick trial

@@ -2,6 +2,8 @@
 
 The gateway logs these requests like any other, so `endpoint_metrics` measures them from the request
 log; `summarize` is the client's own view of the same requests (p50/p95 latency, tokens/s, error rate).
+Probe i sends the OpenAI `user` field `llmops-probe-<i>`, so the gateway's sticky splits put the same probes
+on the same arms every time: a canary's probe count per arm is reproducible, not a coin toss per request.
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ class RequestRecord:
     error: str
 
 
+PROBE_USER = "llmops-probe-{}"
+
+
 async def _probe(client: httpx.AsyncClient, sem: asyncio.Semaphore, url: str, model: str, prompt: str,
-                 max_tokens: int) -> RequestRecord:
+                 max_tokens: int, user: str) -> RequestRecord:
     async with sem:
         ts = datetime.now(timezone.utc)
         start = time.perf_counter()
         try:
             resp = await client.post(f"{url}/v1/chat/completions", json={
-                "model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]})
+                "model": model, "max_tokens": max_tokens, "user": user,
+                "messages": [{"role": "user", "content": prompt}]})
         except httpx.HTTPError as e:
             return RequestRecord(ts, (time.perf_counter() - start) * 1000, 0, 0, 0, repr(e)[:500])
         latency = (time.perf_counter() - start) * 1000
@@ -60,7 +66,8 @@ async def _run(url: str, model: str, requests: int, concurrency: int, max_tokens
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
         return list(await asyncio.gather(*[
-            _probe(client, sem, url, model, prompts[i % len(prompts)], max_tokens) for i in range(requests)]))
+            _probe(client, sem, url, model, prompts[i % len(prompts)], max_tokens, PROBE_USER.format(i))
+            for i in range(requests)]))
 
 
 def run_load(url: str, model: str, requests: int = 16, concurrency: int = 4, max_tokens: int = 16,

@@ -82,6 +82,7 @@ def test_prompt_and_model_canaries_are_promoted_then_a_worse_canary_is_rolled_ba
     assert list(serving.current().routes["prompts"]["assistant"]["versions"]) == [prompt_b]
     logged = read_jsonl(home / "run" / "logs" / "requests.jsonl")
     assert {"1", "2"} <= set(logged["model_version"]) and {prompt_a, prompt_b} <= set(logged["prompt_version"])
+    assert {f"llmops-probe-{i}" for i in range(24)} <= set(logged["user"])  # sticky probes: a reproducible split
     assert not [name for name in processes.status(serving.run_dir) if name.startswith("backend-1-")]  # v1 stopped
 
     worse = deploy(resources, v3, second.value, weight=0.5)

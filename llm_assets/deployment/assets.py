@@ -221,12 +221,13 @@ def canary_analysis(context: dg.AssetExecutionContext, config: CanaryConfig, end
     current = serving.current()
     if current is None:
         raise RuntimeError("canary_analysis: nothing is deployed (materialize endpoint first)")
+    logs = Path(serving.run_dir) / "logs"
     if config.probe_requests > 0 and (len(current.versions) > 1 or _prompt_arms(current.routes)):
         records, _ = load.run_load(current.url, current.model_name, config.probe_requests,
-                                   max_tokens=config.probe_max_tokens, api_key=serving.api_key)
+                                   max_tokens=config.probe_max_tokens, api_key=serving.api_key,
+                                   first_probe=load.probes_logged(rollout.read_jsonl(logs / "requests.jsonl")))
         context.log.info(f"sent {len(records)} probe requests, {sum(r.status == 200 for r in records)} answered")
     limits = config.thresholds()
-    logs = Path(serving.run_dir) / "logs"
     requests = rollout.read_jsonl(logs / "requests.jsonl")
     feedback = rollout.read_jsonl(logs / "feedback.jsonl")
     decisions = {}

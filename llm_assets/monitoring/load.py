@@ -4,6 +4,7 @@ The gateway logs these requests like any other, so `endpoint_metrics` measures t
 log; `summarize` is the client's own view of the same requests (p50/p95 latency, tokens/s, error rate).
 Probe i sends the OpenAI `user` field `llmops-probe-<i>`, so the gateway's sticky splits put the same probes
 on the same arms every time: a canary's probe count per arm is reproducible, not a coin toss per request.
+`first_probe` numbers a later round on from an earlier one, so each round reaches new users.
 """
 
 from __future__ import annotations
@@ -61,26 +62,33 @@ async def _probe(client: httpx.AsyncClient, sem: asyncio.Semaphore, url: str, mo
 
 
 async def _run(url: str, model: str, requests: int, concurrency: int, max_tokens: int, headers: dict,
-               timeout: float, prompts: tuple[str, ...]) -> list[RequestRecord]:
+               timeout: float, prompts: tuple[str, ...], first_probe: int) -> list[RequestRecord]:
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
         return list(await asyncio.gather(*[
             _probe(client, sem, url, model, prompts[i % len(prompts)], max_tokens, PROBE_USER.format(i))
-            for i in range(requests)]))
+            for i in range(first_probe, first_probe + requests)]))
 
 
 def run_load(url: str, model: str, requests: int = 16, concurrency: int = 4, max_tokens: int = 16,
              api_key: str = "", timeout: float = 120.0,
-             prompts: tuple[str, ...] = PROMPTS) -> tuple[list[RequestRecord], float]:
+             prompts: tuple[str, ...] = PROMPTS, first_probe: int = 0) -> tuple[list[RequestRecord], float]:
     """Send `requests` chat requests, `concurrency` at a time; returns the records and the wall time (s)."""
     if requests < 1 or concurrency < 1:
         raise ValueError(f"requests and concurrency must be >= 1, got {requests}, {concurrency}")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     start = time.perf_counter()
     records = asyncio.run(_run(url.rstrip("/"), model, requests, concurrency, max_tokens, headers, timeout,
-                               prompts))
+                               prompts, first_probe))
     return records, time.perf_counter() - start
+
+
+def probes_logged(request_log) -> int:
+    """How many probe requests a gateway request log (a DataFrame) holds: the `first_probe` of the next round."""
+    if not len(request_log) or "user" not in request_log:
+        return 0
+    return int(request_log["user"].astype(str).str.startswith(PROBE_USER.format("")).sum())
 
 
 def summarize(records: list[RequestRecord], wall_s: float, model_version: str) -> dict:

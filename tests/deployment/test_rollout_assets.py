@@ -91,4 +91,6 @@ def test_prompt_and_model_canaries_are_promoted_then_a_worse_canary_is_rolled_ba
                  exported_model=v3, prompt_registry=second.value)
     assert judged.metadata["model_decision"].value == "rollback"
     assert "latency_p95_ms" in judged.metadata["model_analysis"].value
+    logged = read_jsonl(home / "run" / "logs" / "requests.jsonl")
+    assert {f"llmops-probe-{i}" for i in range(40)} <= set(logged["user"])  # the second round: new probe users
     assert serving.current().weights == {"2": 1.0} and tracking.promoted_version(MODEL) == "2"

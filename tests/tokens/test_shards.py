@@ -83,6 +83,25 @@ def test_spilled_documents_come_back_in_the_order_spark_sorts_them(spark, tok_di
     assert len(spilled) == len(rows)
 
 
+def test_even_file_splits_give_each_core_an_equal_share_of_one_file(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz "), 400)) for _ in range(4000)]
+    pq.write_table(pa.table({"doc_id": [str(i) for i in range(4000)], "text": texts}), tmp_path / "docs.parquet",
+                   row_group_size=100, compression="none")
+    key = "spark.sql.files.openCostInBytes"
+    before = spark.conf.get(key, None)
+    with shards.even_file_splits(spark):
+        docs = spark.read.schema("doc_id string, text string").parquet(str(tmp_path / "docs.parquet"))
+        counts = [r["count"] for r in docs.groupBy(F.spark_partition_id()).count().collect()]
+    assert len(counts) == spark.sparkContext.defaultParallelism == 2  # Spark's default: one split of this file
+    assert max(counts) - min(counts) <= 200, counts  # at most two row groups apart
+    assert spark.conf.get(key, None) == before
+
+
 def test_split_is_a_stable_hash_of_doc_id():
     ids = [f"doc-{i}" for i in range(2000)]
     val = {d for d in ids if shards.assign_split(d, 0.1) == "validation"}

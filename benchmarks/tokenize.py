@@ -19,7 +19,7 @@ The same on both sides:
   of UTF-8 text, so 100 MB was 71,834 documents on 2026-12-06 (73,183 before: the count follows the
   venv's packages), over a third of them copies; a smaller `--mb` is a
   hash-ordered sample of distinct documents. Written once, before either clock, as one Parquet file
-  (doc_id, text) in row groups of 1,000 documents, which Spark splits in two (54% / 46% of the text).
+  (doc_id, text) in row groups of 1,000 documents, which ours splits in two equal halves (`even_file_splits`).
 - the tokenizer: byte-level BPE, vocab 4096 (`TokenizerConfig`'s default), trained with
   `tokenizer.train_bpe` on the first 5,000 documents and saved with `save_hf_tokenizer`, before
   either clock.
@@ -28,19 +28,22 @@ The same on both sides:
 CPU-s is the CPU time of the side's processes (this one, and for ours the JVM and Python workers).
 
 Measured on a 2-core machine that other work shares, 100 MB (71,834 documents, 33,708,362 tokens),
-`--rounds 3`, medians, quiet (load average 0.5-2.2, this run's own included), 2026-12-06:
-- now (executors spill their tokens to Arrow files on a local master, the driver JVM maps a class archive):
-  four runs gave `ratio` 0.785, 0.831, 0.757 and 0.815; e.g. ours 25.5 s (44.1 CPU-s) against raw 19.3 s
-  (35.6 CPU-s), and ours 29.2 s (50.5) against raw 23.8 s (44.4) while the machine was slower. The goal of
-  0.8 is met by half the runs: the median of the four is 0.800.
+`--rounds 3`, medians, quiet (load average 0.9-2.2, this run's own included):
+- 2026-12-07, one equal file split per core (`shards.even_file_splits`): five runs gave `ratio` 0.921, 0.811,
+  0.818, 0.856 and 0.796 (median 0.818); e.g. ours 24.3 s (44.4 CPU-s) against raw 20.8 s (38.5 CPU-s).
+  Before it, Spark cut the one file 54% / 46% (its 4 MB open cost pads each file when it sizes splits), and
+  the bigger task ended ~3 s after the other: four interleaved pairs took a median 26.2 s without, 25.3 s with.
+- 2026-12-06, after the executors spilled their tokens to Arrow files on a local master and the driver JVM
+  mapped a class archive: four runs gave 0.785, 0.831, 0.757 and 0.815 (median 0.800).
 - before, the same day (the tokens cached in the JVM, sorted by Spark and streamed to the driver, no class
   archive): ours 32.2 s (53.4 CPU-s), raw 19.0 s (35.0 CPU-s), `ratio 0.591`; 0.545 before the C1-only JIT.
-Where ours' time goes now (`local[*]`, two Parquet splits): the session 1.8-2.2 s; the first Python job
-~2 s from `collect` to the tasks' first batch (the JVM's first query ~1.2 s, the Python daemon); the two
-tasks tokenize 18-20 CPU-s each, as raw's per-token work (a single-thread `encode` costs ~1,060 ns/token,
-`encode_batch` on 2 threads ~1,240 CPU-ns/token), and the one with 54% of the text ends ~2 s after the
-other; the driver sorts the keys and packs in ~0.7 s. More, smaller splits (`spark.sql.files.minPartitionNum`
-6-12) did not measurably shorten the job. Single-core speed here swings by ±20% from minute to minute, so
+Where ours' time goes now (`local[*]`, two equal splits): the session 1.8-2.2 s (0.9 s to launch the JVM and
+its Py4J gateway, 1 s for the SparkContext); 0.5 s to plan the read; 1.4 s from `collect` to the tasks'
+first batch (the JVM's first query, the Python daemon and workers); the two tasks tokenize ~19 s each and end
+within 0.3-1 s of each other; the driver sorts the keys and packs in ~0.6 s. In the workers, `encode` costs
+~1,080 ns/token, copying the ids out ~36 and freeing the encodings ~49; raw's `encode_batch` on 2 threads
+costs ~1,240 CPU-ns/token. The JVM uses ~6 CPU-s in all. `encode_batch_fast` without threads was slower
+than `encode` here (1,520-1,650 ns/token). Single-core speed here swings by ±20% from minute to minute, so
 only ratios within one run compare.
 
     .venv/bin/python benchmarks/tokenize.py               # 100 MB: ~1 min on a quiet machine, after the corpus

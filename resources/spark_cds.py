@@ -11,6 +11,9 @@ that process runs a small workload in a throwaway session under `-XX:ArchiveClas
 the result in a second session with `-Xshare:on` (a truncated archive crashes a JVM), and renames it
 into place. A lock file keeps to one build at a time; a `.failed` file stops retries (delete it to
 try again). Set LLMOPS_SPARK_CDS=0 to go without.
+
+Each session that maps an archive touches it; a finished build deletes the archives (~190 MB each) that
+no session has used for `UNUSED_DAYS`, as an upgraded Java or pyspark leaves its old ones behind.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CHECK = "import sys; from resources.spark_cds import check; check(sys.argv[1])"
 """`python -c CHECK <archive>`: exits non-zero unless a new JVM maps the archive."""
 LOCK_STALE_S = 900
 """A build's lock older than this is from a build that died: the next session may start another."""
+UNUSED_DAYS = 30
 
 
 def cache_dir() -> Path:
@@ -62,10 +66,14 @@ def share_options(path: Path) -> str:
 def driver_java_options() -> str:
     """JVM options that map this machine's archive; "" while there is none (and a build is started)."""
     path = archive_path()
-    if path.exists():
-        return share_options(path)
-    start_build(path)
-    return ""
+    try:
+        os.utime(path)  # marks it used, for `remove_unused`
+    except FileNotFoundError:
+        start_build(path)
+        return ""
+    except OSError:  # a read-only cache: the archive serves all the same
+        pass
+    return share_options(path)
 
 
 def start_build(path: Path) -> bool:
@@ -147,12 +155,28 @@ def build(path: str | Path) -> None:
         if check.returncode != 0:
             raise RuntimeError(f"a JVM could not map {tmp}: {check.stdout[-2000:]}{check.stderr[-2000:]}")
         tmp.rename(path)
+        remove_unused(path.parent)
     except BaseException as e:
         path.with_suffix(".failed").write_text(f"{e!r}\n")
         raise
     finally:
         tmp.unlink(missing_ok=True)
         path.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def remove_unused(directory: Path, days: float = UNUSED_DAYS) -> list[Path]:
+    """Delete the archives in `directory` (and their build files) that no session has used for `days`."""
+    cutoff = time.time() - days * 86400
+    removed = []
+    for archive in directory.glob("spark-*.jsa"):
+        try:
+            if archive.stat().st_mtime < cutoff:
+                for leftover in (archive, *(archive.with_suffix(s) for s in (".log", ".failed"))):
+                    leftover.unlink(missing_ok=True)
+                removed.append(archive)
+        except FileNotFoundError:  # another build removed it meanwhile
+            pass
+    return removed
 
 
 def check(archive: str) -> None:

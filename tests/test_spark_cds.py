@@ -26,6 +26,10 @@ def cache(tmp_path_factory):
         mp.setenv("XDG_CACHE_HOME", str(cache))
         archive = spark_cds.archive_path()
     archive.parent.mkdir(parents=True)
+    for name in ("spark-0.0.0-stale.jsa", "spark-0.0.0-stale.log", "spark-0.0.0-recent.jsa"):  # another pyspark's
+        (archive.parent / name).write_bytes(b"archive")
+    month_ago = time.time() - (spark_cds.UNUSED_DAYS + 1) * 86400
+    os.utime(archive.parent / "spark-0.0.0-stale.jsa", (month_ago, month_ago))
     subprocess.run([sys.executable, "-c", spark_cds.BUILD, str(archive)], check=True, capture_output=True,
                    env={**os.environ, "XDG_CACHE_HOME": str(cache)}, timeout=900)
     return cache
@@ -43,11 +47,19 @@ def test_a_new_session_maps_spark_classes_from_the_archive(cache, tmp_path, monk
     archive = spark_cds.archive_path()
     assert archive.exists()
     assert not archive.with_suffix(".lock").exists() and not archive.with_suffix(".failed").exists()
+    os.utime(archive, (0, 0))
     assert spark_cds.driver_java_options() == spark_cds.share_options(archive)
+    assert time.time() - archive.stat().st_mtime < 600  # marked used
 
     shared = [line for line in classes_loaded(cache, tmp_path, True) if "shared objects file (top)" in line]
     assert len(shared) > 1000 and any("org.apache.spark.sql." in line for line in shared)
     assert not [line for line in classes_loaded(cache, tmp_path, False) if "shared objects file (top)" in line]
+
+
+def test_a_build_removes_the_archives_no_session_used_for_a_month(cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    left = sorted(p.name for p in spark_cds.archive_path().parent.glob("spark-0.0.0-*"))
+    assert left == ["spark-0.0.0-recent.jsa"]
 
 
 def test_a_truncated_archive_fails_the_check_that_guards_its_rename(cache, tmp_path, monkeypatch):

@@ -164,19 +164,16 @@ def build(path: str | Path) -> None:
         path.with_suffix(".lock").unlink(missing_ok=True)
 
 
-def remove_unused(directory: Path, days: float = UNUSED_DAYS) -> list[Path]:
+def remove_unused(directory: Path, days: float = UNUSED_DAYS) -> None:
     """Delete the archives in `directory` (and their build files) that no session has used for `days`."""
     cutoff = time.time() - days * 86400
-    removed = []
     for archive in directory.glob("spark-*.jsa"):
         try:
             if archive.stat().st_mtime < cutoff:
                 for leftover in (archive, *(archive.with_suffix(s) for s in (".log", ".failed"))):
                     leftover.unlink(missing_ok=True)
-                removed.append(archive)
-        except FileNotFoundError:  # another build removed it meanwhile
+        except OSError:  # removed by another build meanwhile, or not ours to remove
             pass
-    return removed
 
 
 def check(archive: str) -> None:

@@ -191,17 +191,25 @@ def test_killing_a_replica_under_16_clients_fails_no_request(url, serving):
     assert len(pids) == 2
     victim_url, victim = sorted(pids.items())[0]
 
+    answered = []
+
     def client(i):
-        return [chat(url, user=f"client-{i}", max_tokens=6).status_code for _ in range(4)]
+        for _ in range(4):
+            answered.append(chat(url, user=f"client-{i}", max_tokens=6).status_code)
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client, i) for i in range(16)]
-        time.sleep(1.0)
+        while len(answered) < 16 and not all(f.done() for f in futures):  # killed with 48 requests to go
+            time.sleep(0.01)
         os.kill(victim, signal.SIGKILL)
-        statuses = [s for f in futures for s in f.result()]
-    assert statuses == [200] * 64
+        for f in futures:
+            f.result()
+    assert answered == [200] * 64
     assert not processes.is_running(victim)
-    up = {s.labels["replica"]: s.value for s in _samples(url, "gateway_replica_up")}
+    deadline = time.monotonic() + 10  # out of rotation by a failed request, else by the next health check
+    while (up := {s.labels["replica"]: s.value for s in _samples(url, "gateway_replica_up")})[victim_url] and (
+            time.monotonic() < deadline):
+        time.sleep(0.1)
     assert up[victim_url] == 0 and sum(up.values()) == 1
     # the fleet heals: the dead replica drained out of the table and a fresh one in rotation
     assert serving.remove_replica("3", url=victim_url) == victim_url
